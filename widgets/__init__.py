@@ -1,0 +1,1 @@
+"""Interactive panels built on bitkit."""
