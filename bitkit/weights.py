@@ -1,0 +1,539 @@
+"""Released BiT weights and interop: the ``.npz`` layout, safetensors, timm state dicts.
+
+The released checkpoints (``BiT-M-R50x1.npz`` and friends) are TensorFlow variables saved with
+NumPy: names like ``resnet/block1/unit01/a/standardized_conv2d/kernel`` and HWIO conv kernels.
+Every format is first turned into *our* parameter names, lazily, then one function
+(:func:`_assign`) checks the architecture, every key and every shape and copies the tensors. So a
+mismatch gets the same clear message whichever format it came from.
+
+Released files are not downloaded by default: fetch them yourself from
+``https://storage.googleapis.com/bit_models/<name>.npz`` and pass the path, or call :func:`fetch`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+import tempfile
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from bitkit.models import CONFIGS, RELEASED_SIZES, ResNetV2
+
+log = logging.getLogger("bitkit.weights")
+
+RELEASE_URL = "https://storage.googleapis.com/bit_models"
+NPZ_PREFIX = "resnet/"
+
+# ---------------------------------------------------------------------------------------------
+# Names: ours <-> released TF names <-> timm's
+# ---------------------------------------------------------------------------------------------
+
+# Inside a unit: a = first 1x1 (norm1/conv1, and the projection), b = 3x3, c = last 1x1.
+_UNIT_TF = {
+    "conv1.weight": "a/standardized_conv2d/kernel",
+    "conv2.weight": "b/standardized_conv2d/kernel",
+    "conv3.weight": "c/standardized_conv2d/kernel",
+    "norm1.weight": "a/group_norm/gamma",
+    "norm1.bias": "a/group_norm/beta",
+    "norm2.weight": "b/group_norm/gamma",
+    "norm2.bias": "b/group_norm/beta",
+    "norm3.weight": "c/group_norm/gamma",
+    "norm3.bias": "c/group_norm/beta",
+    "proj.weight": "a/proj/standardized_conv2d/kernel",
+}
+_TOP_TF = {
+    "stem.conv.weight": "root_block/standardized_conv2d/kernel",
+    "norm.weight": "group_norm/gamma",
+    "norm.bias": "group_norm/beta",
+    "head.weight": "head/conv2d/kernel",
+    "head.bias": "head/conv2d/bias",
+}
+_TF_UNIT = {v: k for k, v in _UNIT_TF.items()}
+_TF_TOP = {v: k for k, v in _TOP_TF.items()}
+_OUR_UNIT_RE = re.compile(r"stages\.(\d+)\.units\.(\d+)\.(.+)")
+_TF_UNIT_RE = re.compile(r"block(\d+)/unit(\d+)/(.+)")
+# Some released files number their convs (standardized_conv2d_1, ...): one name per scope.
+_NUMBERED_CONV_RE = re.compile(r"standardized_conv2d_\d+")
+
+
+def tf_name(name: str, prefix: str = NPZ_PREFIX) -> str:
+    """Our parameter name -> the released checkpoint's variable name."""
+    if name in _TOP_TF:
+        return prefix + _TOP_TF[name]
+    m = _OUR_UNIT_RE.fullmatch(name)
+    if m and m.group(3) in _UNIT_TF:
+        s, u, rest = int(m.group(1)), int(m.group(2)), m.group(3)
+        return f"{prefix}block{s + 1}/unit{u + 1:02d}/{_UNIT_TF[rest]}"
+    raise KeyError(f"{name!r} has no place in the released .npz layout")
+
+
+def our_name(key: str, prefix: str = NPZ_PREFIX) -> str | None:
+    """Released variable name -> our parameter name (None if it is not a BiT parameter)."""
+    if not key.startswith(prefix):
+        return None
+    key = _NUMBERED_CONV_RE.sub("standardized_conv2d", key[len(prefix):])
+    if key in _TF_TOP:
+        return _TF_TOP[key]
+    m = _TF_UNIT_RE.fullmatch(key)
+    if m and m.group(3) in _TF_UNIT:
+        return f"stages.{int(m.group(1)) - 1}.units.{int(m.group(2)) - 1}.{_TF_UNIT[m.group(3)]}"
+    return None
+
+
+def to_timm_name(name: str) -> str:
+    """Our name -> timm ``ResNetV2`` name (``resnetv2_*_bit``)."""
+    name = re.sub(r"^stages\.(\d+)\.units\.", r"stages.\1.blocks.", name)
+    name = name.replace(".proj.weight", ".downsample.conv.weight")
+    return re.sub(r"^head\.(weight|bias)$", r"head.fc.\1", name)
+
+
+def from_timm_name(name: str) -> str:
+    """timm ``ResNetV2`` name -> ours."""
+    name = re.sub(r"^stages\.(\d+)\.blocks\.", r"stages.\1.units.", name)
+    name = name.replace(".downsample.conv.weight", ".proj.weight")
+    return re.sub(r"^head\.fc\.(weight|bias)$", r"head.\1", name)
+
+
+def _hwio_to_oihw(a: np.ndarray) -> np.ndarray:
+    return a.transpose(3, 2, 0, 1) if a.ndim == 4 else a.reshape(-1)
+
+
+def _oihw_to_hwio(t: torch.Tensor) -> np.ndarray:
+    a = t.detach().cpu().float().numpy() if t.dtype == torch.bfloat16 else t.detach().cpu().numpy()
+    return np.ascontiguousarray(a.transpose(2, 3, 1, 0)) if a.ndim == 4 else a
+
+
+# ---------------------------------------------------------------------------------------------
+# Sources: lazy name -> tensor mappings in our naming
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Source:
+    """A checkpoint seen through our parameter names, loaded one tensor at a time.
+
+    Lazy so that a 3.7 GB R152x4 file never sits in memory twice.
+    """
+
+    path: str
+    fmt: str
+    loaders: dict[str, Callable[[], torch.Tensor]]  # our name -> tensor
+    file_keys: dict[str, str]  # our name -> the name in the file (for messages)
+    unexpected: list[str]
+    metadata: dict[str, str]
+
+    def get(self, name: str) -> torch.Tensor:
+        return self.loaders[name]()
+
+
+def _npz_source(path: str, prefix: str = NPZ_PREFIX) -> _Source:
+    try:
+        npz = np.load(path, allow_pickle=False)
+    except ValueError as e:  # object arrays need pickle: refuse, never unpickle a download
+        raise ValueError(f"{path}: not a plain-array .npz ({e}). Released BiT files are.") from e
+    if not isinstance(npz, np.lib.npyio.NpzFile):
+        raise ValueError(f"{path}: expected an .npz archive of named arrays, found a single array")
+    loaders, file_keys, unexpected = {}, {}, []
+    for key in npz.files:
+        name = our_name(key, prefix)
+        if name is None:
+            unexpected.append(key)
+            continue
+        if name in loaders:
+            raise ValueError(
+                f"{path}: both {file_keys[name]!r} and {key!r} map to {name!r}; the file holds "
+                "two variables for one parameter, so it is not a single BiT model."
+            )
+        file_keys[name] = key
+        loaders[name] = lambda key=key: _npz_tensor(npz, key, path)
+    return _Source(path, "npz", loaders, file_keys, unexpected, {})
+
+
+def _npz_tensor(npz: np.lib.npyio.NpzFile, key: str, path: str) -> torch.Tensor:
+    try:
+        array = npz[key]
+    except ValueError as e:  # an object array: loading it would unpickle
+        raise ValueError(f"{path}: {key!r} is not a plain numeric array ({e}).") from e
+    return torch.from_numpy(np.ascontiguousarray(_hwio_to_oihw(array)))
+
+
+def _state_dict_source(path: str, tensors: Mapping[str, Callable[[], torch.Tensor]],
+                       fmt: str, metadata: dict[str, str] | None = None) -> _Source:
+    """A state dict in our naming or timm's (detected by its ``stages.N.blocks.`` keys)."""
+    keys = list(tensors)
+    timm_style = any(re.match(r"stages\.\d+\.blocks\.", k) for k in keys) or "head.fc.weight" in keys
+    rename = from_timm_name if timm_style else (lambda k: k)
+    loaders = {rename(k): tensors[k] for k in keys}
+    return _Source(path, f"{fmt} ({'timm' if timm_style else 'bitkit'} names)", loaders,
+                   {rename(k): k for k in keys}, [], metadata or {})
+
+
+def _open(path: str | os.PathLike) -> _Source:
+    p = Path(path)
+    if not p.is_file():
+        hint = ""
+        if p.stem in released_names() or p.name in released_names():
+            hint = f" It is a released BiT name: bitkit.weights.fetch({p.stem!r}) downloads it."
+        raise FileNotFoundError(f"No weights file at {str(p)!r}.{hint}")
+    suffix = p.suffix.lower()
+    if suffix == ".npz":
+        return _npz_source(str(p))
+    if suffix == ".safetensors":
+        from safetensors import safe_open
+
+        f = safe_open(str(p), framework="pt")
+        loaders = {k: (lambda k=k: f.get_tensor(k)) for k in f.keys()}
+        return _state_dict_source(str(p), loaders, "safetensors", f.metadata() or {})
+    if suffix in (".pt", ".pth", ".bin"):
+        obj = torch.load(str(p), map_location="cpu", weights_only=True)
+        if isinstance(obj, dict) and "model" in obj and isinstance(obj["model"], dict):
+            obj = obj["model"]  # a bitkit training checkpoint
+        if not isinstance(obj, dict):
+            raise ValueError(f"{p}: expected a state dict (name -> tensor), found {type(obj).__name__}")
+        return _state_dict_source(str(p), {k: (lambda v=v: v) for k, v in obj.items()}, "torch")
+    raise ValueError(
+        f"{p}: unknown weights format {suffix!r}; use a released .npz, a .safetensors file "
+        "(bitkit or timm names) or a .pt state dict."
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Architecture of a checkpoint, for messages that say what went wrong
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Architecture:
+    units: tuple[int, ...]
+    width: float | None
+    num_classes: int | None
+
+    @property
+    def name(self) -> str:
+        for n, c in CONFIGS.items():
+            if c.units == self.units and c.width == self.width:
+                return n
+        return f"ResNet-v2 with units {self.units} and width {self.width}"
+
+
+def _architecture(src: _Source) -> Architecture:
+    units: dict[int, int] = {}
+    for name in src.loaders:
+        m = _OUR_UNIT_RE.fullmatch(name)
+        if m:
+            s, u = int(m.group(1)), int(m.group(2))
+            units[s] = max(units.get(s, 0), u + 1)
+    width = None
+    if "stem.conv.weight" in src.loaders:
+        width = src.get("stem.conv.weight").shape[0] / 64
+        width = int(width) if width == int(width) else width
+    classes = src.get("head.bias").shape[0] if "head.bias" in src.loaders else None
+    return Architecture(tuple(units[s] for s in sorted(units)), width, classes)
+
+
+def describe(path: str | os.PathLike) -> Architecture:
+    """Which model a weights file holds (units per stage, width, classes), without a model."""
+    return _architecture(_open(path))
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class LoadResult:
+    path: str
+    format: str
+    architecture: Architecture
+    loaded: int
+    head_reset: bool
+    message: str
+
+
+def load(model: ResNetV2, path: str | os.PathLike, *, strict: bool = True) -> LoadResult:
+    """Load weights into ``model`` from a released .npz, a safetensors file or a state dict.
+
+    If the file's head has another number of classes (or none), the model keeps its own head,
+    zero-initialised: BiT transfer (paper 3.3). Any other mismatch raises a ``ValueError`` that
+    names the key, both shapes and the likely cause. ``strict=False`` tolerates unknown keys.
+    """
+    src = _open(path)
+    return _assign(model, src, strict=strict)
+
+
+def _assign(model: ResNetV2, src: _Source, *, strict: bool) -> LoadResult:
+    if src.fmt == "npz" and (model.norm_kind != "group" or model.conv_kind != "standardized"):
+        raise ValueError(
+            f"{src.path}: the released .npz layout holds GroupNorm + standardized-conv weights; "
+            f"this model is an ablation (norm={model.norm_kind}, conv={model.conv_kind}). Build "
+            "it with the defaults to load released weights."
+        )
+    _check_metadata(model, src)
+    if not src.loaders:
+        shown = ", ".join(repr(k) for k in src.unexpected[:3])
+        raise ValueError(f"{src.path} holds no BiT ResNet variables (it has {shown}, ...); "
+                         "is it a checkpoint of another model?")
+    arch = _architecture(src)
+    ours = model.config
+    if arch.units and (arch.units != ours.units or arch.width != ours.width):
+        raise ValueError(
+            f"{src.path} holds an {arch.name} (units {arch.units}, width {arch.width}) but the "
+            f"model is {ours.name} (units {ours.units}, width {ours.width}). Build the model "
+            f"with create({arch.name!r}, ...) or pass a {ours.name} file."
+        )
+
+    expected = model.state_dict()
+    head_keys = {"head.weight", "head.bias"}
+    file_head = head_keys <= src.loaders.keys()
+    head_fits = file_head and tuple(src.get("head.bias").shape) == tuple(expected["head.bias"].shape)
+    unexpected = sorted(set(src.loaders) - set(expected)) + src.unexpected
+    if unexpected and strict:
+        shown = ", ".join(repr(src.file_keys.get(k, k)) for k in unexpected[:5])
+        more = f" and {len(unexpected) - 5} more" if len(unexpected) > 5 else ""
+        raise ValueError(
+            f"{src.path}: keys the model has no place for: {shown}{more}. "
+            + _likely_cause(unexpected)
+            + " Pass strict=False to ignore them."
+        )
+
+    loaded = 0
+    with torch.no_grad():
+        for name, target in expected.items():
+            if name in head_keys and not head_fits:
+                continue
+            if name not in src.loaders:
+                if name.endswith("num_batches_tracked"):
+                    continue
+                raise ValueError(
+                    f"{src.path}: missing {_file_key(src, name)!r} (model parameter {name!r}). "
+                    f"The file holds an {arch.name}; it may be truncated or from another model."
+                )
+            value = src.get(name)
+            if tuple(value.shape) != tuple(target.shape):
+                raise ValueError(
+                    f"{src.path}: {_file_key(src, name)!r} has shape {tuple(value.shape)} in the "
+                    f"file but the model's {name!r} has shape {tuple(target.shape)}. The file "
+                    f"holds an {arch.name}, the model is {ours.name}: "
+                    + ("the file may be corrupt." if arch.name == ours.name else
+                       f"build create({arch.name!r}) instead.")
+                )
+            target.copy_(value.to(dtype=target.dtype))
+            loaded += 1
+
+    head_reset = not head_fits
+    if head_reset:
+        model.reset_head(model.num_classes, zero_init=True)
+        found = f"{arch.num_classes} classes" if file_head else "no head"
+        message = (f"Loaded {loaded} tensors from {Path(src.path).name}; the file has {found}, "
+                   f"the model {model.num_classes}: new head initialised to zeros (BiT transfer).")
+        log.warning(message)
+    else:
+        message = f"Loaded {loaded} tensors from {Path(src.path).name} (head included)."
+        log.info(message)
+    return LoadResult(src.path, src.fmt, arch, loaded, head_reset, message)
+
+
+def _file_key(src: _Source, name: str) -> str:
+    if name in src.file_keys:
+        return src.file_keys[name]
+    if src.fmt == "npz":
+        return tf_name(name)
+    return to_timm_name(name) if "timm" in src.fmt else name
+
+
+def _likely_cause(keys: Iterable[str]) -> str:
+    keys = list(keys)
+    if any("running_mean" in k for k in keys):
+        return "They are BatchNorm statistics: the file comes from a norm='batch' model."
+    if any(not k.startswith(NPZ_PREFIX) and "/" in k for k in keys):
+        return f"Variables outside {NPZ_PREFIX!r}: this is not a BiT ResNet checkpoint."
+    return "The file is probably from another architecture."
+
+
+def _check_metadata(model: ResNetV2, src: _Source) -> None:
+    """bitkit's own safetensors files record how the model was built: compare before copying."""
+    md = src.metadata
+    for field, ours in (("norm", model.norm_kind), ("conv", model.conv_kind)):
+        if field in md and md[field] != ours:
+            raise ValueError(
+                f"{src.path} was saved from a {field}={md[field]!r} model; this model has "
+                f"{field}={ours!r}. Build it with create(..., {field}={md[field]!r})."
+            )
+
+
+# ---------------------------------------------------------------------------------------------
+# Saving
+# ---------------------------------------------------------------------------------------------
+
+
+def _atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
+    """Write through a temporary file in the same folder, then rename: never a half file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def save_npz(model: ResNetV2, path: str | os.PathLike, prefix: str = NPZ_PREFIX) -> Path:
+    """Write the released layout (TF names, HWIO kernels): loadable by Google's code and timm."""
+    if model.norm_kind != "group" or model.conv_kind != "standardized":
+        raise ValueError(
+            f"The .npz layout only describes GN + WS models, not this ablation (norm={model.norm_kind}, "
+            f"conv={model.conv_kind}); use save_safetensors."
+        )
+    arrays = {tf_name(k, prefix): _oihw_to_hwio(v) for k, v in model.state_dict().items()}
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:  # a file object keeps np.savez from appending ".npz"
+            np.savez(f, **arrays)
+
+    return _atomic_write(path, write)
+
+
+def save_safetensors(model: ResNetV2, path: str | os.PathLike, *, timm_names: bool = False) -> Path:
+    """Our state dict (or timm's names) with metadata saying how to rebuild the model."""
+    from safetensors.torch import save_file
+
+    from bitkit import __version__
+
+    sd = model.state_dict()
+    tensors = {(to_timm_name(k) if timm_names else k): v.contiguous() for k, v in sd.items()}
+    metadata = {
+        "format": "pt",
+        "model": model.name,
+        "num_classes": str(model.num_classes),
+        "norm": model.norm_kind,
+        "conv": model.conv_kind,
+        "bitkit_version": __version__,
+    }
+    return _atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
+
+
+def read_metadata(path: str | os.PathLike) -> dict[str, str]:
+    """The metadata bitkit stored in a safetensors file (model name, classes, norm, conv)."""
+    return dict(_open(path).metadata)
+
+
+def to_timm_state_dict(model: ResNetV2) -> dict[str, torch.Tensor]:
+    """State dict for ``timm.create_model("resnetv2_50x1_bit", ...)`` of the same size."""
+    return {to_timm_name(k): v for k, v in model.state_dict().items()}
+
+
+def load_timm_state_dict(model: ResNetV2, state_dict: Mapping[str, torch.Tensor],
+                         *, strict: bool = True) -> LoadResult:
+    """Load a timm ``resnetv2_*_bit`` state dict (e.g. ``timm_model.state_dict()``)."""
+    src = _state_dict_source("<timm state dict>", {k: (lambda v=v: v) for k, v in state_dict.items()},
+                             "state dict")
+    return _assign(model, src, strict=strict)
+
+
+# ---------------------------------------------------------------------------------------------
+# Released files
+# ---------------------------------------------------------------------------------------------
+
+
+def released_names() -> list[str]:
+    """Upstream checkpoints as released: BiT-S (ILSVRC-2012) and BiT-M (ImageNet-21k)."""
+    return [f"BiT-{u}-{s}" for u in ("S", "M") for s in RELEASED_SIZES]
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("BITKIT_WEIGHTS", Path.home() / ".cache" / "bitkit" / "weights"))
+
+
+def fetch(name: str, cache_dir: str | os.PathLike | None = None,
+          base_url: str = RELEASE_URL) -> Path:
+    """Path of a released checkpoint, downloading ``<base_url>/<name>.npz`` once if needed.
+
+    Any released file name works (``BiT-M-R50x1``, ``BiT-M-R50x1-ILSVRC2012``, VTAB runs).
+    Without network access download it by hand and pass the path, or put it in ``cache_dir``
+    (default ``$BITKIT_WEIGHTS`` or ``~/.cache/bitkit/weights``).
+    """
+    name = name.removesuffix(".npz")
+    target = Path(cache_dir or default_cache_dir()) / f"{name}.npz"
+    if target.is_file():
+        return target
+    url = f"{base_url.rstrip('/')}/{name}.npz"
+    try:
+        with urllib.request.urlopen(url, timeout=60) as response:
+
+            def write(tmp: str) -> None:
+                with open(tmp, "wb") as f:
+                    shutil.copyfileobj(response, f, length=1 << 20)
+
+            _atomic_write(target, write)
+    except (urllib.error.URLError, OSError) as e:
+        raise FileNotFoundError(
+            f"Could not download {url} ({e}). Download it on a machine with internet access "
+            f"and put it at {target}, or pass its path as weights=..."
+        ) from e
+    log.info("downloaded %s to %s", url, target)
+    return target
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line: bitkit weights info|convert
+# ---------------------------------------------------------------------------------------------
+
+
+def add_cli(sub) -> None:
+    p = sub.add_parser("weights", help="inspect and convert checkpoints (.npz, safetensors, timm)")
+    wsub = p.add_subparsers(dest="weights_command", required=True)
+    info = wsub.add_parser("info", help="which architecture a weights file holds")
+    info.add_argument("path")
+    info.set_defaults(func=_cli_info)
+    conv = wsub.add_parser("convert", help="convert between .npz, .safetensors and .pt")
+    conv.add_argument("src")
+    conv.add_argument("dst", help="output path; its suffix picks the format")
+    conv.add_argument("--timm-names", action="store_true", help="write timm's parameter names")
+    conv.set_defaults(func=_cli_convert)
+
+
+def _model_for(path: str) -> ResNetV2:
+    from bitkit.models import create
+
+    arch = describe(path)
+    if arch.name not in CONFIGS:
+        raise ValueError(f"{path}: {arch.name} is not a known bitkit size")
+    return create(arch.name, num_classes=arch.num_classes or 1000)
+
+
+def _cli_info(args) -> int:
+    arch = describe(args.path)
+    print(f"{args.path}: {arch.name}, units per stage {arch.units}, width {arch.width}, "
+          f"{arch.num_classes if arch.num_classes is not None else 'no'} output classes")
+    return 0
+
+
+def _cli_convert(args) -> int:
+    model = _model_for(args.src)
+    load(model, args.src)
+    suffix = Path(args.dst).suffix.lower()
+    if suffix == ".npz":
+        save_npz(model, args.dst)
+    elif suffix == ".safetensors":
+        save_safetensors(model, args.dst, timm_names=args.timm_names)
+    elif suffix in (".pt", ".pth"):
+        sd = to_timm_state_dict(model) if args.timm_names else model.state_dict()
+        _atomic_write(args.dst, lambda tmp: torch.save(sd, tmp))
+    else:
+        raise ValueError(f"{args.dst}: choose a .npz, .safetensors or .pt output")
+    print(f"wrote {args.dst} ({model.name}, {model.num_classes} classes)")
+    return 0
