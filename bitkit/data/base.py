@@ -1,0 +1,103 @@
+"""The dataset contract every loader in ``bitkit.data`` returns.
+
+A map-style ``torch.utils.data.Dataset`` of raw ``(image, target)`` pairs: the image is a PIL
+image or a ``uint8`` tensor (3, H, W) *before* BiT preprocessing, the target an ``int`` or, for
+multi-label data (ImageNet-21k, JFT: paper section 3.1), a multi-hot ``float32`` tensor. Labels
+are available without decoding any image (``labels()``/``targets``), which is what few-shot
+sampling and class statistics need on a million-image dataset.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from bitkit.data.cards import DataCard
+
+
+class ImageDataset(Dataset):
+    """Base of all raw datasets. Subclasses set the attributes and implement ``__getitem__``,
+    ``__len__`` and ``labels``."""
+
+    card: DataCard
+    split: str
+    num_classes: int
+    class_names: list[str]
+    multi_label: bool
+
+    def __len__(self) -> int:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def __getitem__(self, index: int) -> tuple[Any, Any]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def labels(self, indices: Sequence[int] | np.ndarray) -> np.ndarray:
+        """Class ids ``(n,)`` (``(n, C)`` bool for multi-label) without decoding images."""
+        raise NotImplementedError  # pragma: no cover - abstract
+
+    @property
+    def targets(self) -> np.ndarray:
+        """Labels of the whole split (see :meth:`labels`)."""
+        return self.labels(np.arange(len(self)))
+
+    def example_id(self, index: int) -> str:
+        """A stable id, ``<card>:<split>:<index>`` unless the source has its own ids. Error
+        analysis and near-duplicate reports refer to examples by this id."""
+        return f"{self.card.name}:{self.split}:{self._check_index(index)}"
+
+    def _check_index(self, index: int) -> int:
+        n = len(self)
+        i = int(index)
+        if i < 0:
+            i += n
+        if not 0 <= i < n:
+            raise IndexError(f"index {index} out of range for {self.card.name}:{self.split} "
+                             f"with {n} examples")
+        return i
+
+    def _target(self, label: Any) -> Any:
+        """Raw label -> what ``__getitem__`` returns (int, or multi-hot float tensor)."""
+        if self.multi_label:
+            return torch.as_tensor(np.asarray(label, dtype=np.float32))
+        return int(label)
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}({self.card.name!r}, split={self.split!r}, "
+                f"n={len(self)}, classes={self.num_classes})")
+
+
+class SubsetDataset(ImageDataset):
+    """A subset of another dataset that keeps its card, class names and example ids (a
+    ``torch.utils.data.Subset`` would lose them). Few-shot subsets and clean eval sets use it."""
+
+    def __init__(self, parent: ImageDataset, indices: Sequence[int] | np.ndarray, tag: str = ""):
+        self.parent = parent
+        self.indices = np.asarray(indices, dtype=np.int64)
+        self.card, self.split = parent.card, parent.split
+        self.num_classes, self.class_names = parent.num_classes, parent.class_names
+        self.multi_label = parent.multi_label
+        self.tag = tag
+
+    def __len__(self) -> int:
+        return int(self.indices.size)
+
+    def __getitem__(self, index: int) -> tuple[Any, Any]:
+        return self.parent[int(self.indices[self._check_index(index)])]
+
+    def __getitems__(self, indices: Sequence[int]) -> list[tuple[Any, Any]]:
+        mapped = [int(self.indices[self._check_index(i)]) for i in indices]
+        getitems = getattr(self.parent, "__getitems__", None)
+        return getitems(mapped) if getitems else [self.parent[i] for i in mapped]
+
+    def labels(self, indices: Sequence[int] | np.ndarray) -> np.ndarray:
+        return self.parent.labels(self.indices[np.asarray(indices, dtype=np.int64)])
+
+    def example_id(self, index: int) -> str:
+        return self.parent.example_id(int(self.indices[self._check_index(index)]))
+
+    def __repr__(self) -> str:
+        return f"SubsetDataset({self.parent!r}, n={len(self)}{', ' + self.tag if self.tag else ''})"

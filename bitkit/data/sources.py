@@ -1,0 +1,253 @@
+"""Loading real datasets through HF ``datasets``: a hub id, or local files the user has.
+
+``load("cifar10", "train")`` reads the card's hub id (``uoft-cs/cifar10``); with
+``path="/data/cifar10"`` or ``load("/data/my_images", "train")`` it reads local data instead:
+a ``save_to_disk`` folder, parquet or arrow files (split from the file or folder name), or an
+``imagefolder`` tree (``<split>/<class>/<image>``). Images are decoded lazily by us, not by
+``datasets``, so a corrupt file is skipped and counted (``bitkit.data.corrupt``), not fatal.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+from tqdm.auto import tqdm
+
+from bitkit.data.base import ImageDataset, SubsetDataset
+from bitkit.data.cards import DataCard, PaperResults, Source
+from bitkit.data.corrupt import MAX_CONSECUTIVE, CorruptFlags, CorruptReport, decode
+
+_ID_COLUMNS = ("id", "image_id", "file_name", "filename", "__key__")
+_LABEL_COLUMNS = ("label", "labels", "fine_label", "cls", "target")
+
+
+class HFImageDataset(ImageDataset):
+    """A split of an HF ``datasets.Dataset`` with an image column and a label column."""
+
+    def __init__(self, hf: Any, card: DataCard, split: str):
+        import datasets
+
+        self.card, self.split = card, split
+        self.image_column = card.source.image_column or _find_column(hf, datasets.Image, "image")
+        self.label_column = card.source.label_column or _label_column(hf)
+        for col in (self.image_column, self.label_column):
+            if col not in hf.column_names:
+                raise ValueError(f"{card.name}: column {col!r} not in the data (columns: "
+                                 f"{hf.column_names}); fix source.image_column/label_column")
+        feature = hf.features[self.label_column]
+        self.multi_label = isinstance(feature, (datasets.Sequence, list)) or card.multi_label
+        inner = getattr(feature, "feature", feature[0] if isinstance(feature, list) else feature)
+        names = getattr(inner, "names", None)
+        if isinstance(hf.features[self.image_column], datasets.Image):
+            hf = hf.cast_column(self.image_column, datasets.Image(decode=False))
+        self.hf = hf
+        raw = hf.data.column(self.label_column).to_pylist()
+        self.num_classes = len(names) if names else card.num_classes
+        if self.multi_label:
+            self._labels = np.zeros((len(raw), self.num_classes), bool)
+            for i, row in enumerate(raw):
+                self._labels[i, row] = True
+        else:
+            self._labels = np.asarray(raw, dtype=np.int64)
+        self.class_names = list(names or card.class_names or map(str, range(self.num_classes)))
+        id_col = next((c for c in _ID_COLUMNS if c in hf.column_names), None)
+        self._ids = hf.data.column(id_col).to_pylist() if id_col else None
+        self.corrupt = CorruptFlags(len(self._labels))
+
+    def __len__(self) -> int:
+        return len(self._labels)
+
+    def labels(self, indices: Sequence[int] | np.ndarray) -> np.ndarray:
+        return self._labels[np.asarray(indices, dtype=np.int64)]
+
+    def example_id(self, index: int) -> str:
+        i = self._check_index(index)
+        return f"{self.card.name}:{self.split}:{self._ids[i] if self._ids else i}"
+
+    def _image(self, index: int) -> Image.Image | None:
+        return decode(self.hf[index][self.image_column])
+
+    def __getitem__(self, index: int) -> tuple[Image.Image, Any]:
+        """The image and label; an unreadable image is flagged and the next readable example is
+        returned in its place (see ``bitkit.data.corrupt`` for why)."""
+        i = self._check_index(index)
+        for step in range(min(MAX_CONSECUTIVE, len(self))):
+            j = (i + step) % len(self)
+            img = self._image(j)
+            if img is not None:
+                return img, self._target(self._labels[j])
+            self.corrupt.mark(j)
+        raise RuntimeError(
+            f"{self.card.name}:{self.split}: {MAX_CONSECUTIVE} consecutive unreadable images from "
+            f"{self.example_id(i)}: the data is probably not images or the path is wrong."
+        )
+
+    def scan(self, progress: bool = True) -> CorruptReport:
+        """Decode every image once and flag the unreadable ones (before evaluation)."""
+        for i in tqdm(range(len(self)), desc=f"scan {self.card.name}:{self.split}",
+                      disable=not progress):
+            if self._image(i) is None:
+                self.corrupt.mark(i)
+        return self.corrupt_report()
+
+    def without_corrupt(self) -> SubsetDataset:
+        """The examples not flagged unreadable (after :meth:`scan`, all readable ones)."""
+        bad = self.corrupt.flags.numpy()
+        return SubsetDataset(self, np.nonzero(~bad)[0], tag="readable")
+
+    def corrupt_report(self, limit: int = 20) -> CorruptReport:
+        idx = self.corrupt.indices()[:limit].tolist()
+        return CorruptReport(self.corrupt.count(), [self.example_id(i) for i in idx], len(self))
+
+
+def _find_column(hf: Any, feature_type: type, what: str) -> str:
+    for name, feat in hf.features.items():
+        if isinstance(feat, feature_type):
+            return name
+    raise ValueError(f"no {what} column found (columns: {hf.column_names}); set "
+                     f"source.image_column in the card")
+
+
+def _label_column(hf: Any) -> str:
+    import datasets
+
+    for name, feat in hf.features.items():
+        inner = getattr(feat, "feature", None)
+        if isinstance(feat, datasets.ClassLabel) or isinstance(inner, datasets.ClassLabel):
+            return name
+    for name in _LABEL_COLUMNS:
+        if name in hf.column_names:
+            return name
+    raise ValueError(f"no label column found (columns: {hf.column_names}); set "
+                     f"source.label_column in the card")
+
+
+# ---------------------------------------------------------------------------- local files
+def open_local(path: str | os.PathLike, split: str) -> Any:
+    """An HF ``datasets.Dataset`` for ``split`` from local data at ``path``.
+
+    Recognised: a ``save_to_disk`` folder (DatasetDict or Dataset), parquet or arrow files
+    (a file, or a folder whose files or sub-folders are named by split), or an imagefolder.
+    """
+    import datasets
+
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise FileNotFoundError(
+            f"No dataset at {str(p)!r}: the path does not exist. Give a folder of images "
+            "(imagefolder: <split>/<class>/<image>), parquet or arrow files, or a folder written "
+            "by datasets' save_to_disk."
+        )
+    if (p / "dataset_dict.json").is_file():
+        dd = datasets.load_from_disk(str(p))
+        if split not in dd:
+            raise ValueError(f"{p} has splits {list(dd)}, not {split!r}")
+        return dd[split]
+    if (p / "state.json").is_file():
+        return datasets.load_from_disk(str(p))
+    for ext, builder in (("parquet", "parquet"), ("arrow", "arrow")):
+        files = [p] if p.is_file() and p.suffix == f".{ext}" else sorted(p.rglob(f"*.{ext}"))
+        if files:
+            chosen = files if p.is_file() else _split_files(files, p, split)
+            if not chosen:
+                raise ValueError(f"no {ext} files for split {split!r} under {p} (files: "
+                                 f"{[str(f.relative_to(p)) for f in files[:5]]}); name them "
+                                 f"{split}-*.{ext} or put them in a {split}/ folder")
+            return datasets.load_dataset(builder, data_files=[str(f) for f in chosen],
+                                         split="train")
+    try:
+        return datasets.load_dataset("imagefolder", data_dir=str(p), split=split)
+    except ValueError as e:
+        raise ValueError(f"could not read {p} as an image folder for split {split!r}: {e}") \
+            from None
+
+
+def _split_files(files: list[Path], root: Path, split: str) -> list[Path]:
+    pattern = re.compile(rf"(^|[/_.-]){re.escape(split)}([/_.-]|$)")
+    return [f for f in files if pattern.search(str(f.relative_to(root)))]
+
+
+def local_card(path: str | os.PathLike, hf: Any, split: str) -> DataCard:
+    """A card for data the user points at without one: facts measured from the data."""
+    import datasets
+
+    name = re.sub(r"[^a-z0-9-]+", "-", Path(path).expanduser().resolve().name.lower()) or "local"
+    label_col = _label_column(hf)
+    feat = hf.features[label_col]
+    names = getattr(feat, "names", None)
+    img_col = _find_column(hf, datasets.Image, "image")
+    first = decode(hf.cast_column(img_col, datasets.Image(decode=False))[0][img_col]) \
+        if len(hf) else None
+    return DataCard(
+        name=name, title=name, description=f"local data at {path}", group="standard",
+        source=Source(kind="local", local_pattern=str(path), image_column=img_col,
+                      label_column=label_col),
+        splits={split: split}, eval_split=split,
+        num_classes=len(names) if names else int(np.max(hf[label_col])) + 1,
+        train_size=len(hf), image_size=(first.height, first.width) if first else (1, 1),
+        multi_label=False, flip=True, crop=True, license="unknown (local data)",
+        citation="unknown (local data)", paper=PaperResults(),
+        class_names=tuple(names) if names else None, path=str(path),
+    )
+
+
+def load_hf(card: DataCard, split: str, path: str | os.PathLike | None = None) -> HFImageDataset:
+    """A card's split from the hub (``source.hub_id``) or from local data at ``path``."""
+    source_split = card.splits[split]
+    if path is not None:
+        return HFImageDataset(open_local(path, source_split), card, split)
+    if card.source.kind != "hub":
+        raise ValueError(
+            f"{card.name} has no hub copy: pass path=... to local data"
+            + (f" laid out like {card.source.local_pattern}" if card.source.local_pattern else "")
+            + (f". {card.source.note}" if card.source.note else "")
+        )
+    import datasets
+
+    try:
+        hf = datasets.load_dataset(card.source.hub_id, card.source.config, split=source_split)
+    except Exception as e:  # offline, gated, renamed: the user needs the fix, not the trace
+        raise FileNotFoundError(
+            f"could not load {card.name} from the HF hub ({card.source.hub_id}, split "
+            f"{source_split!r}): {type(e).__name__}: {e}. Offline? Pass path=... to a local "
+            "copy, or unset HF_HUB_OFFLINE and log in (huggingface-cli login) for gated data."
+        ) from None
+    return HFImageDataset(hf, card, split)
+
+
+
+def to_hf(dataset: ImageDataset, *, batch_size: int = 256, progress: bool = True) -> Any:
+    """Materialise any raw dataset (e.g. the embedded world) as an HF ``datasets.Dataset`` with
+    ``image`` (PNG, lossless), ``label`` (ClassLabel, or a list of ids for multi-label) and
+    ``id`` columns: the same schema :func:`load` reads back, to share or to save as parquet."""
+    import datasets
+    import torch
+
+    from bitkit.data.transforms import to_uint8
+
+    names = datasets.ClassLabel(names=list(dataset.class_names))
+    features = datasets.Features({
+        "image": datasets.Image(),
+        "label": datasets.Sequence(names) if dataset.multi_label else names,
+        "id": datasets.Value("string"),
+    })
+
+    def rows():
+        for lo in tqdm(range(0, len(dataset), batch_size), desc=f"materialise {dataset.card.name}",
+                       disable=not progress):
+            idx = list(range(lo, min(lo + batch_size, len(dataset))))
+            get = getattr(dataset, "__getitems__", None)
+            items = get(idx) if get else [dataset[i] for i in idx]
+            for i, (image, target) in zip(idx, items, strict=True):
+                label = (torch.nonzero(target).flatten().tolist() if dataset.multi_label
+                         else int(target))
+                yield {"image": Image.fromarray(to_uint8(image).permute(1, 2, 0).numpy()),
+                       "label": label, "id": dataset.example_id(i)}
+
+    return datasets.Dataset.from_generator(rows, features=features)

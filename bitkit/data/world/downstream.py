@@ -1,0 +1,244 @@
+"""Downstream tasks of the embedded world, shaped like VTAB's three groups (paper section 3.2).
+
+natural-like   ``world-objects``   20 object classes unseen upstream (held-out combinations)
+               ``world-fine``      16 fine-grained star classes (point count, fill, shade)
+specialised    ``world-texture``   13 texture classes filling the frame (a DTD stand-in)
+structured     ``world-count``     how many objects (1-6)                 crop destroys it
+               ``world-orientation`` which way an arrow points (8 bins)  flip destroys it
+               ``world-location``  horizontal position (8 bins)          flip and crop destroy it
+               ``world-distance``  distance of the nearest object (4 bins) crop destroys it
+
+The structured labels are geometric, so a random flip or crop can change them: their cards set
+``flip``/``crop`` to false, as supplementary E does for dSprites, SmallNORB, Clevr, KITTI, DMLab.
+Every task draws with the same shapes, textures and colours as upstream: what transfers is the
+ability to see those primitives.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from bitkit.data.cards import DataCard
+from bitkit.data.world import duplicates, render, rng
+from bitkit.data.world.common import WorldDataset, finish, object_slot, palette_colours
+from bitkit.data.world.scenes import natural_scene
+from bitkit.data.world.taxonomy import (
+    N_PALETTES,
+    N_SHAPES,
+    N_TEXTURES,
+    PALETTES,
+    combo_name,
+    held_out_combos,
+)
+
+_PAL = np.array(PALETTES)
+_N_BG = len(render.BACKGROUND_NAMES)
+
+
+def _random_background(keys: np.ndarray, size: int) -> np.ndarray:
+    kind = rng.integers(keys, 1, _N_BG, salt=7)[:, 0]
+    return render.backgrounds(kind, rng.uniform(keys, 4, salt=5), size)
+
+
+def _random_object(keys: np.ndarray, salt: int, **geometry: np.ndarray) -> render.Objects:
+    """An object of any shape/texture/palette (a nuisance: the label is in the geometry)."""
+    u = rng.uniform(keys, 40, salt=salt)
+    shape = geometry.pop("shape", (u[:, 36] * N_SHAPES).astype(np.int64))
+    texture = (u[:, 37] * N_TEXTURES).astype(np.int64)
+    pal = _PAL[(u[:, 38] * N_PALETTES).astype(np.int64)]
+    return object_slot(u, shape=shape, texture=texture,
+                       palette_rgb=palette_colours(pal[:, 0], pal[:, 1], u[:, 30:36]), **geometry)
+
+
+def _in_bin(label: np.ndarray, u: np.ndarray, bins: int) -> np.ndarray:
+    """A value in [0, 1) inside bin ``label``, away from its edges (labels stay unambiguous)."""
+    return (label + 0.1 + 0.8 * u) / bins
+
+
+class ObjectsTask(WorldDataset):
+    """Natural-like: 20 classes unseen upstream; the test split hosts planted near-duplicates."""
+
+    combos = held_out_combos(duplicates.NATURAL_CLASSES)
+
+    def __init__(self, card: DataCard, split: str = "train", **kw):
+        super().__init__(card, split, **kw)
+        self.planted = duplicates.test_plants(self.size) if card.splits[split] == "test" else {}
+
+    def _class_names(self) -> list[str]:
+        return [combo_name(*c) for c in self.combos]
+
+    def _labels(self, keys, indices):
+        labels = rng.integers(keys, 1, self.num_classes, salt=1)[:, 0]
+        for j, i in enumerate(indices):
+            if int(i) in self.planted:
+                labels[j] = duplicates.pair_class(self.seed, self.planted[int(i)])
+        return labels
+
+    def _draw(self, keys, indices, labels):
+        images = natural_scene(keys, self.combos[labels], self.image_size)
+        for j, i in enumerate(indices):
+            if int(i) in self.planted:
+                images[j] = duplicates.perturbed_scene(self.seed, self.planted[int(i)],
+                                                       self.image_size)
+        return images
+
+
+class FineTask(WorldDataset):
+    """Fine-grained: stars that differ in point count (4-7), fill (solid/striped) and a subtle
+    shade (orange/red on blue), like Pets/Flowers breeds that differ in details."""
+
+    _points, _fills, _shades = (4, 5, 6, 7), ("solid", "striped"), ("orange", "red")
+
+    def _class_names(self) -> list[str]:
+        return [f"{p}-point {f} {s} star" for p in self._points for f in self._fills
+                for s in self._shades]
+
+    def _labels(self, keys, indices):
+        return rng.integers(keys, 1, self.num_classes, salt=1)[:, 0]
+
+    def _draw(self, keys, indices, labels):
+        canvas = _random_background(keys, self.image_size)
+        u = rng.uniform(keys, 40, salt=10)
+        colour_a = np.where(labels % 2 == 0, render.COLOUR_NAMES.index("orange"),
+                            render.COLOUR_NAMES.index("red"))
+        colour_b = np.full_like(colour_a, render.COLOUR_NAMES.index("blue"))
+        radius = 0.45 + 0.2 * u[:, 30]
+        render.composite(canvas, object_slot(
+            u, shape=np.full_like(labels, render.SHAPES.index("star")),
+            texture=np.where((labels // 2) % 2 == 0, 0, render.TEXTURES.index("striped")),
+            palette_rgb=palette_colours(colour_a, colour_b, u[:, 33:39]),
+            cx=(0.95 - radius) * (u[:, 31] - 0.5), cy=(0.95 - radius) * (u[:, 32] - 0.5),
+            radius=radius, points=np.array(self._points)[labels // 4]))
+        return finish(canvas, keys)
+
+
+class TextureTask(WorldDataset):
+    """Specialised: a texture fills the whole frame; colours are random, so only the pattern
+    (and its scale) identifies the class, as in DTD."""
+
+    _scaled = ("striped", "checkered", "dotted", "ringed", "zigzag")
+    _plain = ("solid", "graded", "mottled")
+
+    def _class_names(self) -> list[str]:
+        return [f"{sc} {t}" for t in self._scaled for sc in ("fine", "coarse")] + list(self._plain)
+
+    def _labels(self, keys, indices):
+        return rng.integers(keys, 1, self.num_classes, salt=1)[:, 0]
+
+    def _draw(self, keys, indices, labels):
+        u = rng.uniform(keys, 40, salt=10)
+        n_scaled = 2 * len(self._scaled)
+        names = [self._scaled[c // 2] if c < n_scaled else self._plain[c - n_scaled]
+                 for c in range(self.num_classes)]
+        texture = np.array([render.TEXTURES.index(n) for n in names])[labels]
+        fine = (labels < n_scaled) & (labels % 2 == 0)
+        radius = np.full(labels.shape, 2.5)
+        obj = object_slot(u, shape=np.full_like(labels, render.SHAPES.index("square")),
+                          texture=texture, cx=np.zeros(labels.shape), cy=np.zeros(labels.shape),
+                          radius=radius, palette_rgb=self._colours(keys))
+        obj.freq = radius * np.where(fine, 16 + 4 * u[:, 1], 5 + 2 * u[:, 1])
+        canvas = np.zeros((labels.size, 3, self.image_size, self.image_size), np.float32)
+        render.composite(canvas, obj)
+        return finish(canvas, keys)
+
+    @staticmethod
+    def _colours(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        c = rng.integers(keys, 2, len(render.COLOUR_NAMES) - 1, salt=8)
+        second = (c[:, 0] + 1 + c[:, 1]) % len(render.COLOUR_NAMES)  # always a different colour
+        return palette_colours(c[:, 0], second, rng.uniform(keys, 6, salt=9))
+
+
+class CountTask(WorldDataset):
+    """Structured: count 1-6 objects (Clevr-count). A crop could cut objects out: no crop."""
+
+    def _class_names(self) -> list[str]:
+        return [str(n) for n in range(1, self.num_classes + 1)]
+
+    def _labels(self, keys, indices):
+        return rng.integers(keys, 1, self.num_classes, salt=1)[:, 0]
+
+    def _draw(self, keys, indices, labels):
+        canvas = _random_background(keys, self.image_size)
+        cells = np.argsort(rng.uniform(keys, 9, salt=6), axis=1)  # distinct cells of a 3x3 grid
+        jitter = rng.uniform(keys, 2 * self.num_classes, salt=11) - 0.5
+        size_u = rng.uniform(keys, self.num_classes, salt=12)
+        for slot in range(self.num_classes):
+            cell = cells[:, slot]
+            render.composite(canvas, _random_object(
+                keys, 20 + slot, cx=(cell % 3 - 1) * 0.62 + 0.12 * jitter[:, 2 * slot],
+                cy=(cell // 3 - 1) * 0.62 + 0.12 * jitter[:, 2 * slot + 1],
+                radius=0.17 + 0.07 * size_u[:, slot], present=labels >= slot))
+        return finish(canvas, keys)
+
+
+class OrientationTask(WorldDataset):
+    """Structured: direction an arrow points, in 8 bins of 45 degrees (dSprites-orientation).
+    A horizontal flip mirrors the direction: no flip."""
+
+    def _class_names(self) -> list[str]:
+        step = 360 // self.num_classes
+        return [f"{a}-{a + step} deg" for a in range(0, 360, step)]
+
+    def _labels(self, keys, indices):
+        return rng.integers(keys, 1, self.num_classes, salt=1)[:, 0]
+
+    def _draw(self, keys, indices, labels):
+        canvas = _random_background(keys, self.image_size)
+        u = rng.uniform(keys, 4, salt=13)
+        render.composite(canvas, _random_object(
+            keys, 20, shape=np.full_like(labels, render.SHAPES.index("arrow")),
+            angle=2 * np.pi * _in_bin(labels, u[:, 0], self.num_classes),
+            cx=0.2 * (u[:, 1] - 0.5), cy=0.2 * (u[:, 2] - 0.5), radius=0.55 + 0.2 * u[:, 3]))
+        return finish(canvas, keys)
+
+
+class LocationTask(WorldDataset):
+    """Structured: horizontal position of one object in 8 bins (dSprites-location). Both a
+    flip (mirrors x) and a crop (shifts x) change the label."""
+
+    def _class_names(self) -> list[str]:
+        return [f"x-bin {b}" for b in range(self.num_classes)]
+
+    def _labels(self, keys, indices):
+        return rng.integers(keys, 1, self.num_classes, salt=1)[:, 0]
+
+    def _draw(self, keys, indices, labels):
+        canvas = _random_background(keys, self.image_size)
+        u = rng.uniform(keys, 3, salt=13)
+        render.composite(canvas, _random_object(
+            keys, 20, cx=-1.0 + 2.0 * _in_bin(labels, u[:, 0], self.num_classes),
+            cy=1.2 * (u[:, 1] - 0.5), radius=0.2 + 0.08 * u[:, 2]))
+        return finish(canvas, keys)
+
+
+class DistanceTask(WorldDataset):
+    """Structured: distance of the nearest of 1-3 objects, in 4 bins (Clevr-/KITTI-distance).
+    Farther objects are smaller and higher in the frame; a crop-and-resize changes apparent
+    size and height, so: no crop."""
+
+    def _class_names(self) -> list[str]:
+        return ["very near", "near", "far", "very far"][: self.num_classes]
+
+    def _labels(self, keys, indices):
+        return rng.integers(keys, 1, self.num_classes, salt=1)[:, 0]
+
+    def _draw(self, keys, indices, labels):
+        canvas = _random_background(keys, self.image_size)
+        u = rng.uniform(keys, 8, salt=13)
+        n_obj = 1 + (u[:, 0] * 3).astype(np.int64)
+        z_near = _in_bin(labels, u[:, 1], self.num_classes)
+        # The others are farther than the nearest one; paint far to near (painter's order).
+        z = np.stack([z_near + (1 - z_near) * u[:, 2], z_near + (1 - z_near) * u[:, 3], z_near], 1)
+        present = np.stack([n_obj >= 3, n_obj >= 2, np.ones_like(n_obj, bool)], 1)
+        for slot in range(3):
+            zs = z[:, slot]
+            render.composite(canvas, _random_object(
+                keys, 20 + slot, cx=1.4 * (u[:, 4 + slot] - 0.5), cy=0.55 - 0.9 * zs,
+                radius=0.42 * (1.0 - 0.7 * zs), present=present[:, slot]))
+        return finish(canvas, keys)
+
+
+GENERATORS: dict[str, type[WorldDataset]] = {
+    "objects": ObjectsTask, "fine": FineTask, "texture": TextureTask, "count": CountTask,
+    "orientation": OrientationTask, "location": LocationTask, "distance": DistanceTask,
+}
