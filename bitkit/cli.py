@@ -15,6 +15,9 @@ import sys
 COMMAND_MODULES = [
     "bitkit.demo",
     "bitkit.weights",
+    "bitkit.hyperrule",
+    "bitkit.runfile",
+    "bitkit.data.cards",
 ]
 
 

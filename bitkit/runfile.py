@@ -1,0 +1,200 @@
+"""Run files: a training run described in YAML, for ``bitkit train`` and ``torchrun``.
+
+A run file names a model, the data, a rule for the hyper-parameters (BiT-HyperRule, the upstream
+schedule or a random-search trial) and any :class:`~bitkit.train.TrainConfig` overrides, so the
+same file runs in a notebook (:func:`run`), in a terminal (``bitkit train --config run.yaml``)
+and on many GPUs (``torchrun ... -m bitkit.train --config run.yaml``; :func:`launch` from a
+notebook). docs/distributed.md has an annotated example.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from bitkit import distributed
+from bitkit.events import Observer
+from bitkit.hyperrule import Recipe
+from bitkit.train import METRICS_FILE, FitResult, TrainConfig, TrainingDiverged, fit
+
+RUN_KEYS = {"model", "weights", "num_classes", "train_data", "eval_data", "out_dir", "recipe",
+            "recipe_args", "resolution", "train"}
+
+
+def load_run_config(path: str | os.PathLike) -> dict[str, Any]:
+    """Read and check a run file. See docs/distributed.md for an annotated example."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"run config {path} does not exist")
+    spec = yaml.safe_load(path.read_text()) or {}
+    unknown = set(spec) - RUN_KEYS
+    if unknown:
+        raise ValueError(f"{path}: unknown key(s) {', '.join(sorted(unknown))}; "
+                         f"known: {', '.join(sorted(RUN_KEYS))}")
+    for key in ("model", "train_data", "out_dir"):
+        if key not in spec:
+            raise ValueError(f"{path}: missing '{key}'")
+    spec.setdefault("recipe", "hyperrule")
+    spec.setdefault("recipe_args", {})
+    spec.setdefault("train", {})
+    return spec
+
+
+def load_data(ref: str, default_split: str) -> Dataset:
+    """A dataset from a run file: a ``.pt``/``.npz`` tensor file, or ``name[:split]``.
+
+    Tensor files hold ``images`` (N, 3, H, W) floats in [-1, 1] and ``labels`` (N,) integers or
+    (N, C) multi-hot floats, used as they are. Names give the *raw* dataset of
+    ``bitkit.data.load(name, split)``; :func:`prepare` applies BiT preprocessing to it.
+    """
+    if ref.endswith((".pt", ".npz")):
+        return _TensorFile(Path(ref))
+    name, _, split = ref.partition(":")
+    from bitkit import data  # only runs that name a dataset need the data package
+
+    return data.load(name, split or default_split)
+
+
+def prepare(raw: Dataset, recipe: Recipe, resolution: Any, *, train: bool) -> Dataset:
+    """BiT preprocessing for a named dataset (tensor files pass through unchanged).
+
+    ``resolution``: ``[resize, crop]``, ``"recipe"`` (BiT-HyperRule's 160/128 or 512/480), or
+    None: the card's own teaching resolution when it has one, else the recipe's.
+    """
+    if isinstance(raw, _TensorFile):
+        return raw
+    from bitkit import data
+
+    if isinstance(resolution, (list, tuple)):
+        resize, crop = (int(v) for v in resolution)
+    elif resolution == "recipe" or (resolution is None and raw.card.resolution is None):
+        resize, crop = recipe.resize, recipe.crop
+    elif resolution is None:
+        resize = crop = None  # the card's resolution
+    else:
+        raise ValueError(f"resolution must be [resize, crop], 'recipe' or absent, not "
+                         f"{resolution!r}")
+    return data.preprocess(raw, train, resize=resize, crop=crop)
+
+
+class _TensorFile(Dataset):
+    def __init__(self, path: Path) -> None:
+        if not path.is_file():
+            raise FileNotFoundError(f"data file {path} does not exist")
+        if path.suffix == ".pt":
+            d = torch.load(path, map_location="cpu", weights_only=True)
+        else:
+            with np.load(path, allow_pickle=False) as z:
+                d = {k: torch.from_numpy(z[k]) for k in z.files}
+        if not ({"images", "labels"} <= set(d)):
+            raise ValueError(f"{path} must hold 'images' and 'labels'; it holds {sorted(d)}")
+        self.images, self.labels = d["images"].float(), d["labels"]
+        if self.images.dim() != 4 or self.images.shape[1] != 3 or len(self.images) != len(
+                self.labels):
+            raise ValueError(f"{path}: images must be (N, 3, H, W) with N labels; got "
+                             f"{tuple(self.images.shape)} and {len(self.labels)} labels")
+        self.train_size, self.image_size = len(self.images), tuple(self.images.shape[2:])
+        multi = self.labels.is_floating_point() and self.labels.dim() == 2
+        self.num_classes = self.labels.shape[1] if multi else int(self.labels.max()) + 1
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, Any]:
+        y = self.labels[i]
+        return self.images[i], (y if y.dim() else int(y))
+
+
+def recipe_for(spec: dict[str, Any], train_data: Dataset) -> Recipe:
+    """The run file's ``recipe`` ("hyperrule", "upstream" or "search") applied to its data.
+
+    HyperRule counts the examples actually trained on (a k-shot subset, not the whole card) and
+    reads the image size, flip and crop from the dataset's card.
+    """
+    from bitkit import hyperrule as hr
+
+    kind, args = spec["recipe"], dict(spec["recipe_args"])
+    if kind == "hyperrule":
+        args.setdefault("train_size", len(train_data))
+        return hr.hyperrule(getattr(train_data, "card", train_data), **args)
+    if kind == "upstream":
+        return hr.upstream(args.pop("train_size", len(train_data)), **args)
+    if kind == "search":
+        trial, seed = args.pop("trial", 0), args.pop("seed", 0)
+        return hr.SearchSpace(**args).sample(trial, seed)
+    raise ValueError(f"recipe must be 'hyperrule', 'upstream' or 'search', not {kind!r}")
+
+
+def run(config_path: str | os.PathLike, observers: Sequence[Observer] = ()) -> FitResult:
+    """Build the model and data a run file describes and ``fit`` them."""
+    from bitkit.models import create
+
+    spec = load_run_config(config_path)
+    raw_train = load_data(str(spec["train_data"]), "train")
+    recipe = recipe_for(spec, raw_train)
+    train_data = prepare(raw_train, recipe, spec.get("resolution"), train=True)
+    eval_data = None
+    if spec.get("eval_data"):
+        eval_data = prepare(load_data(str(spec["eval_data"]), "test"), recipe,
+                            spec.get("resolution"), train=False)
+    config = TrainConfig.from_recipe(recipe, **spec["train"])
+    num_classes = spec.get("num_classes") or getattr(raw_train, "num_classes", None)
+    if num_classes is None:
+        raise ValueError(f"{config_path}: set num_classes (the dataset does not say)")
+    torch.manual_seed(config.seed)  # the same seed gives the same initial head and weights
+    model = create(spec["model"], num_classes=int(num_classes), weights=spec.get("weights"))
+    return fit(model, train_data, config, eval_data=eval_data, out_dir=spec["out_dir"],
+               observers=observers)
+
+
+def launch(config_path: str | os.PathLike, nproc_per_node: int = 2,
+           **kwargs: Any) -> distributed.Launched:
+    """Start the run file under ``torchrun`` with N processes; follow it with ``.follow(obs)``."""
+    spec = load_run_config(config_path)
+    return distributed.torchrun(["-m", "bitkit.train", "--config", str(config_path)],
+                                metrics=Path(spec["out_dir"]) / METRICS_FILE,
+                                nproc_per_node=nproc_per_node, **kwargs)
+
+
+def add_cli(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("train", help="train as a YAML run file says (torchrun-ready)",
+                              description="Run `fit` as described by a YAML run file; the same "
+                              "command runs under torchrun / srun for data-parallel training.")
+    p.add_argument("--config", required=True, help="the run file (see docs/distributed.md)")
+    p.set_defaults(func=_run_cli)
+
+
+def _run_cli(args: argparse.Namespace) -> int:
+    try:
+        result = run(args.config)
+    except TrainingDiverged as e:
+        print(f"bitkit train: {e}", file=sys.stderr)
+        return 1
+    finally:
+        distributed.shutdown()
+    if distributed.env_info().is_main:
+        print(f"bitkit train: {result.reason} at step {result.step}", file=sys.stderr)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m bitkit.train --config run.yaml``: the torchrun / srun entry point."""
+    parser = argparse.ArgumentParser(prog="python -m bitkit.train",
+                                     description="Train as a YAML run file says.")
+    parser.add_argument("--config", required=True, help="the run file (see docs/distributed.md)")
+    args = parser.parse_args(argv)
+    try:
+        return _run_cli(args)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"bitkit train: error: {e}", file=sys.stderr)
+        return 2

@@ -1,0 +1,534 @@
+"""The training loop: ``fit(model, data, config)``, one plain loop to read top to bottom.
+
+What one optimizer step does (paper 3.3, and the released ``bit_pytorch/train.py``):
+
+1. set the learning rate for this step from the schedule (warm-up, then / 10 steps);
+2. draw one MixUp lambda for the whole step (when the recipe uses MixUp);
+3. for each of ``batch_split`` micro-batches: mix images with a permutation of the same
+   micro-batch, forward, backward of ``loss / batch_split``. Gradients add up, so the step sees
+   the mean gradient of the whole batch. Under DDP the gradient all-reduce runs only on the last
+   micro-batch (``no_sync`` on the others): one all-reduce per step, not per micro-batch;
+4. optionally pull the weights towards their initial values (random search, supplementary A);
+5. one SGD step (momentum 0.9; weight decay only upstream).
+
+Because GroupNorm + Weight Standardization use no batch statistics (paper 4.3), 1 process with
+batch B, 2 processes with B/2 each, and 1 process with 4 micro-batches of B/4 compute the same
+update; tests/test_distributed.py checks it.
+
+Everything around the loop (logging, progress bars, live plots, stop buttons) is an observer of
+:mod:`bitkit.events`; checkpoints and preemption live in :mod:`bitkit.checkpoint`; process groups
+and data sharding in :mod:`bitkit.distributed`. ``python -m bitkit.train --config run.yaml``
+(also ``bitkit train``) runs a run file (:mod:`bitkit.runfile`): the entry point for ``torchrun``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import sys
+import time
+from collections.abc import Sequence
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from bitkit import checkpoint, distributed
+from bitkit.distributed import DistInfo, StepSampler
+from bitkit.events import Event, JsonlLogger, Observer, ProgressBar, RunControl
+from bitkit.hyperrule import Recipe, Schedule
+
+CHECKPOINT_FILE = "checkpoint.pt"
+METRICS_FILE = "metrics.jsonl"
+LossKind = Literal["auto", "softmax", "sigmoid"]
+
+
+@dataclass
+class TrainConfig:
+    """Everything that decides how a run trains. Build one from a recipe with :meth:`from_recipe`.
+
+    Fields after ``loss`` change *how* it runs (speed, logging), not *what* it computes, so a
+    checkpoint can be resumed with different values of them.
+    """
+
+    schedule: Schedule
+    batch_size: int = 512
+    batch_split: int = 1  # micro-batches per step; exact for GroupNorm (paper 4.3)
+    mixup_alpha: float = 0.0  # 0: no MixUp. HyperRule: 0.1 for n >= 20k (paper 3.3)
+    weight_decay: float = 0.0  # upstream 1e-4 (paper 4.2); none downstream (paper 2.2)
+    decay_to_init: float = 0.0  # L2 pull towards the initial weights (supplementary A)
+    dropout: float | None = None  # penultimate-layer dropout; None leaves the model's own
+    momentum: float = 0.9
+    seed: int = 0
+    loss: LossKind = "auto"  # auto: sigmoid CE for multi-hot float targets, else softmax CE
+    eval_every: int = 0  # steps between evaluations (0: only at the end)
+    checkpoint_every: int = 0  # steps between checkpoints (0: only at the end)
+    log_every: int = 1  # steps between step events; each one waits for the device
+    eval_batch_size: int | None = None  # default: the micro-batch size
+    device: str = "auto"
+    bf16: bool = True  # bf16 autocast on CUDA (ignored on CPU)
+    channels_last: bool = False
+    compile: bool = False
+    num_workers: int | None = None  # None: 0 on CPU, up to 8 per GPU process
+    progress: bool = True
+    resume: bool = True  # continue from out_dir/checkpoint.pt when it exists
+
+    def __post_init__(self) -> None:
+        if isinstance(self.schedule, dict):
+            self.schedule = Schedule.from_dict(self.schedule)
+        if self.batch_size < 1 or self.batch_split < 1 or self.batch_size % self.batch_split:
+            raise ValueError(f"batch_size {self.batch_size} must be a positive multiple of "
+                             f"batch_split {self.batch_split}")
+        if self.loss not in ("auto", "softmax", "sigmoid"):
+            raise ValueError(f"loss must be 'auto', 'softmax' or 'sigmoid', not {self.loss!r}")
+        if self.dropout is not None and not 0 <= self.dropout < 1:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        for name in ("mixup_alpha", "weight_decay", "decay_to_init", "eval_every",
+                     "checkpoint_every"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.log_every < 1:
+            raise ValueError(f"log_every must be >= 1, got {self.log_every}")
+
+    @classmethod
+    def from_recipe(cls, recipe: Recipe, **overrides: Any) -> TrainConfig:
+        """The recipe's numbers, with ``overrides`` (any field) on top."""
+        values = dict(schedule=recipe.schedule, batch_size=recipe.batch_size,
+                      batch_split=recipe.batch_split, mixup_alpha=recipe.mixup_alpha,
+                      weight_decay=recipe.weight_decay, decay_to_init=recipe.decay_to_init,
+                      dropout=recipe.dropout or None, momentum=recipe.momentum)
+        unknown = set(overrides) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown TrainConfig field(s): {', '.join(sorted(unknown))}; known: "
+                             f"{', '.join(f.name for f in fields(cls))}")
+        return cls(**{**values, **overrides})
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["schedule"] = self.schedule.to_dict()
+        return d
+
+    def identity(self) -> dict[str, Any]:
+        """The fields that decide the weights a run ends with (compared when resuming).
+
+        ``batch_split`` is not among them: with GroupNorm a different split gives the same
+        update, so a run may resume with smaller micro-batches on a smaller GPU.
+        """
+        keep = ("schedule", "batch_size", "mixup_alpha", "weight_decay", "decay_to_init",
+                "dropout", "momentum", "seed", "loss")
+        d = self.to_dict()
+        return {k: d[k] for k in keep}
+
+
+@dataclass
+class FitResult:
+    """How a run ended: the step reached, why it ended, and the last metrics."""
+
+    step: int
+    reason: str
+    train_loss: float | None = None
+    eval: dict[str, float] = field(default_factory=dict)
+    checkpoint: Path | None = None
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+# ------------------------------------------------------------------------------------------------
+# Losses and MixUp
+# ------------------------------------------------------------------------------------------------
+
+
+def classification_loss(logits: torch.Tensor, target: torch.Tensor, kind: str) -> torch.Tensor:
+    """Mean over the batch of softmax CE (class indices) or sigmoid CE (multi-hot targets).
+
+    Sigmoid CE sums over classes, as for BiT's multi-label upstream data (ImageNet-21k, JFT;
+    paper 3.3), so each example's loss has the scale of a softmax CE.
+    """
+    logits = logits.float()
+    if kind == "sigmoid":
+        return F.binary_cross_entropy_with_logits(logits, target.float(), reduction="sum") / len(
+            logits)
+    return F.cross_entropy(logits, target)
+
+
+def mixup_lambda(alpha: float, seed: int, step: int) -> float:
+    """MixUp's lambda ~ Beta(alpha, alpha), one per optimizer step, fixed by (seed, step).
+
+    A function of the step (not of a running RNG) so every rank and every micro-batch of the
+    step uses the same lambda, and a resumed run draws the same ones.
+    """
+    return float(np.random.default_rng([seed, step, 0x6D1]).beta(alpha, alpha))
+
+
+def mixup_permutation(n: int, seed: int, step: int, rank: int, micro: int) -> torch.Tensor:
+    """Partner of each example: MixUp pairs images within the same micro-batch, like the release."""
+    return torch.from_numpy(np.random.default_rng([seed, step, rank, micro]).permutation(n))
+
+
+# ------------------------------------------------------------------------------------------------
+# The loop
+# ------------------------------------------------------------------------------------------------
+
+
+def fit(
+    model: nn.Module,
+    train_data: Dataset,
+    config: TrainConfig,
+    *,
+    eval_data: Dataset | None = None,
+    out_dir: str | os.PathLike | None = None,
+    observers: Sequence[Observer] = (),
+    control: RunControl | None = None,
+) -> FitResult:
+    """Train ``model`` on ``train_data`` (items: ``(image 3xHxW float, target)``).
+
+    ``out_dir`` receives ``checkpoint.pt`` and ``metrics.jsonl``; when it already holds a
+    checkpoint of the same run, training continues from it. ``observers`` get every
+    :class:`~bitkit.events.Event` (on rank 0 only). ``control.request_stop()`` (or SIGTERM /
+    SIGUSR1) ends the run cleanly after the current step, with a checkpoint. A NaN or infinite
+    loss raises :class:`TrainingDiverged` and leaves the last good checkpoint in place.
+    Global RNGs are seeded from ``config.seed``: the same seed and config give the same weights
+    on CPU. Under ``torchrun`` this process trains its share of each batch with DDP.
+    """
+    info = distributed.init()
+    device = distributed.device_for(info, config.device)
+    control = control or RunControl()
+    schedule, split = config.schedule, config.batch_split
+    loss_kind = _check_data(train_data, config.loss)
+    model.to(device)
+    if config.channels_last:
+        model.to(memory_format=torch.channels_last)
+    if config.dropout is not None:
+        _penultimate_dropout(model).p = config.dropout
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0, momentum=config.momentum,
+                                weight_decay=config.weight_decay)
+    anchor = [p.detach().clone() for p in model.parameters()] if config.decay_to_init else []
+
+    # Resume when out_dir holds a checkpoint of this run, else start fresh.
+    out = Path(out_dir) if out_dir is not None else None
+    ckpt_path = out / CHECKPOINT_FILE if out is not None else None
+    identity = _identity(model, config, len(train_data))
+    start = 0
+    if ckpt_path is not None and config.resume and ckpt_path.exists():
+        start = _resume(ckpt_path, identity, model, optimizer, anchor, info, config.seed)
+    else:
+        _seed_globals(config.seed, info.rank, step=0)
+
+    ddp = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
+                                  else None) if info.is_distributed else None
+    net: nn.Module = ddp or model
+    if config.compile:
+        net = torch.compile(net)
+    sampler = StepSampler(len(train_data), config.batch_size, schedule.total_steps,
+                          seed=config.seed, start_step=start, rank=info.rank,
+                          world_size=info.world_size, batch_split=split)
+    batches = iter(_loader(train_data, config, device, batch_sampler=sampler,
+                           persistent_workers=config.num_workers != 0))
+    autocast = _autocast(device, config.bf16)
+    emit = _Emitter(_observers(out, config, observers) if info.is_main else [], control,
+                    schedule.total_steps)
+    emit("start", start)
+
+    def save(step: int) -> Path | None:
+        if ckpt_path is None:
+            return None
+        _save_checkpoint(ckpt_path, step, model, optimizer, anchor, sampler, config, identity,
+                         info)
+        emit("checkpoint", step, path=str(ckpt_path))
+        return ckpt_path
+
+    result = FitResult(step=start, reason="done")
+    loss_sum, loss_steps = torch.zeros((), device=device), 0
+    t_log, step_log = time.perf_counter(), start
+    model.train()
+    with checkpoint.preemption_handler(control):
+        for step in range(start, schedule.total_steps):
+            lr = schedule.lr(step)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            mixing = config.mixup_alpha > 0
+            lam = mixup_lambda(config.mixup_alpha, config.seed, step) if mixing else 1.0
+
+            for micro in range(split):
+                x, y = next(batches)
+                x = x.to(device, non_blocking=True)
+                y = y.to(device, non_blocking=True)
+                if config.channels_last:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                # Gradients of micro-batches accumulate locally; DDP syncs on the last one only.
+                sync = ddp is None or micro == split - 1
+                with nullcontext() if sync else ddp.no_sync():
+                    with autocast:
+                        if mixing:  # mix each image with a partner from the same micro-batch
+                            perm = mixup_permutation(len(x), config.seed, step, info.rank,
+                                                     micro).to(device)
+                            x = lam * x + (1 - lam) * x[perm]
+                        logits = net(x)
+                        if step == start and micro == 0:
+                            _check_targets(logits, y, loss_kind)
+                        loss = classification_loss(logits, y, loss_kind)
+                        if mixing:
+                            loss = lam * loss + (1 - lam) * classification_loss(
+                                logits, y[perm], loss_kind)
+                    (loss / split).backward()
+                loss_sum += loss.detach() / split
+
+            if config.decay_to_init:  # gradient of decay/2 * ||w - w0||^2 (supplementary A)
+                for p, p0 in zip(model.parameters(), anchor, strict=True):
+                    p.grad.add_(p.detach() - p0, alpha=config.decay_to_init)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+
+            # Everything below happens at "sync points" only: reading the loss waits for the
+            # device (and, under DDP, for every rank), so it is not done on every step of a
+            # fast GPU run unless log_every = 1.
+            done, loss_steps = step + 1, loss_steps + 1
+            eval_due = eval_data is not None and config.eval_every and done % config.eval_every == 0
+            ckpt_due = config.checkpoint_every and done % config.checkpoint_every == 0
+            last = done == schedule.total_steps
+            if not (done % config.log_every == 0 or eval_due or ckpt_due or last
+                    or (control.stop_requested and not info.is_distributed)):
+                continue
+            train_loss, stop = _agree(loss_sum, loss_steps, control.stop_requested, device)
+            if not math.isfinite(train_loss):
+                _diverged(emit, done, lr, train_loss, ckpt_path)
+            now = time.perf_counter()
+            emit("step", done, loss=train_loss, lr=lr,
+                 examples_per_s=(done - step_log) * config.batch_size / max(now - t_log, 1e-9))
+            loss_sum.zero_()
+            loss_steps, t_log, step_log = 0, now, done
+            result.step, result.train_loss = done, train_loss
+            if eval_due or (last and eval_data is not None):
+                result.eval = evaluate(model, eval_data, config, loss_kind, device, info)
+                emit("eval", done, **result.eval)
+            if not info.is_distributed:  # one process: an observer's request counts at once
+                stop = control.stop_requested
+            if ckpt_due or last or stop:
+                result.checkpoint = save(done)
+            if stop:
+                result.reason = f"stopped: {control.reason or 'requested on another rank'}"
+                break
+    if result.step == schedule.total_steps and start == schedule.total_steps:
+        result.reason = "done (the checkpoint was already at the last step)"
+    emit("end", result.step, reason=result.reason)
+    return result
+
+
+def _agree(loss_sum: torch.Tensor, steps: int, stop: bool,
+           device: torch.device) -> tuple[float, bool]:
+    """Mean loss over ranks and steps since the last sync, and whether any rank must stop.
+
+    All ranks must stop at the same step (else the others wait forever in the next all-reduce),
+    and SIGTERM reaches ranks at slightly different times: so the decision is a sum over ranks.
+    """
+    t = torch.stack([loss_sum.float(), torch.tensor(float(steps), device=device),
+                     torch.tensor(float(stop), device=device)])
+    world = distributed.all_reduce_sum(t).tolist()
+    return world[0] / world[1], world[2] > 0
+
+
+def _diverged(emit: _Emitter, step: int, lr: float, loss: float, ckpt: Path | None) -> None:
+    kept = (f"The last good checkpoint is kept at {ckpt}." if ckpt and ckpt.exists()
+            else "No checkpoint was written before it.")
+    message = (f"training diverged: the loss is {loss} at step {step} (lr {lr:.3g}). {kept} "
+               "Lower the learning rate, or check the data for NaN/inf pixels or bad targets.")
+    emit("end", step, reason=f"diverged: loss {loss}")
+    raise TrainingDiverged(message)
+
+
+# ------------------------------------------------------------------------------------------------
+# Evaluation
+# ------------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, data: Dataset, config: TrainConfig, loss_kind: str,
+             device: torch.device, info: DistInfo | None = None) -> dict[str, float]:
+    """Loss, top-1 and top-5 accuracy (%) on ``data``; under DDP each rank evaluates its shard.
+
+    For multi-hot targets, top-k counts an example as right when any of its labels is in the
+    top k. top-5 is left out when there are 5 classes or fewer (it would always be 100%).
+    """
+    shard = Subset(data, distributed.shard_indices(len(data), info or distributed.env_info()))
+    batch = config.eval_batch_size or config.batch_size // config.batch_split
+    loader = _loader(shard, config, device, batch_size=batch)
+    was_training = model.training
+    model.eval()
+    totals = torch.zeros(4, dtype=torch.float64, device=device)  # loss, top1, top5, count
+    num_classes = 0
+    for x, y in loader:
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        if config.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with _autocast(device, config.bf16):
+            logits = model(x).float()
+        num_classes = logits.shape[1]
+        top = logits.topk(min(5, num_classes), dim=1).indices
+        if loss_kind == "sigmoid":
+            hits = y.gather(1, top) > 0
+        else:
+            hits = top == y[:, None]
+        totals += torch.stack([classification_loss(logits, y, loss_kind) * len(x),
+                               hits[:, 0].sum(), hits.any(dim=1).sum(),
+                               torch.tensor(len(x), device=device)]).double()
+    model.train(was_training)
+    loss, top1, top5, count = distributed.all_reduce_sum(totals).tolist()
+    if count == 0:
+        raise ValueError("the evaluation dataset is empty")
+    metrics = {"loss": loss / count, "top1": 100 * top1 / count}
+    if num_classes > 5:
+        metrics["top5"] = 100 * top5 / count
+    return metrics
+
+
+# ------------------------------------------------------------------------------------------------
+# Pieces of fit
+# ------------------------------------------------------------------------------------------------
+
+
+class _Emitter:
+    """Builds events and hands them to the observers."""
+
+    def __init__(self, observers: list[Observer], control: RunControl, total: int) -> None:
+        self.observers, self.control, self.total = observers, control, total
+
+    def __call__(self, kind: str, step: int, *, path: str | None = None,
+                 reason: str | None = None, **metrics: float) -> None:
+        if not self.observers:
+            return
+        event = Event(kind, step, self.total, metrics, path, reason, control=self.control)
+        for observer in self.observers:
+            observer(event)
+
+
+def _observers(out: Path | None, config: TrainConfig, extra: Sequence[Observer]) -> list[Observer]:
+    built_in: list[Observer] = []
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        built_in.append(JsonlLogger(out / METRICS_FILE))
+    if config.progress:
+        built_in.append(ProgressBar())
+    return [*built_in, *extra]
+
+
+def _loader(data: Dataset, config: TrainConfig, device: torch.device, **kwargs: Any) -> DataLoader:
+    workers = config.num_workers
+    if workers is None:
+        workers = 0 if device.type == "cpu" else min(8, (os.cpu_count() or 1) // max(
+            1, torch.cuda.device_count()))
+    # An explicit generator keeps DataLoader from drawing its worker seed from the global RNG,
+    # whose state the checkpoint restores: creating a loader must not shift dropout masks.
+    if workers == 0:
+        kwargs.pop("persistent_workers", None)
+    return DataLoader(data, num_workers=workers, pin_memory=device.type == "cuda",
+                      generator=torch.Generator().manual_seed(config.seed), **kwargs)
+
+
+def _autocast(device: torch.device, bf16: bool):  # noqa: ANN202 - a context manager
+    """bf16 autocast on GPUs that support it; on CPU training stays float32."""
+    on = bf16 and device.type == "cuda" and torch.cuda.is_bf16_supported()
+    return torch.autocast("cuda", dtype=torch.bfloat16) if on else nullcontext()
+
+
+def _seed_globals(seed: int, rank: int, step: int) -> None:
+    """Seed torch, NumPy and Python RNGs (dropout, random augmentation) per rank."""
+    s = int(np.random.SeedSequence([seed, rank, step]).generate_state(1)[0])
+    torch.manual_seed(s)
+    np.random.seed(s)
+    random.seed(s)
+
+
+def _penultimate_dropout(model: nn.Module) -> nn.Dropout:
+    drop = getattr(model, "dropout", None)
+    if not isinstance(drop, nn.Dropout):
+        raise ValueError(f"config.dropout is set but {type(model).__name__} has no `dropout` "
+                         "(nn.Dropout) before its head; use a bitkit.models model or dropout=None")
+    return drop
+
+
+def _check_data(data: Dataset, loss: str) -> str:
+    """Check the dataset's items early and pick the loss for ``loss='auto'``."""
+    if len(data) == 0:
+        raise ValueError("the training dataset is empty")
+    item = data[0]
+    if not (isinstance(item, (tuple, list)) and len(item) == 2 and torch.is_tensor(item[0])
+            and item[0].dim() == 3 and item[0].shape[0] == 3):
+        got = (type(item).__name__ if not isinstance(item, (tuple, list))
+               else f"({', '.join(getattr(v, 'shape', type(v).__name__).__repr__() for v in item)})")
+        raise ValueError(f"fit needs dataset items (image tensor 3xHxW, target); item 0 is {got}. "
+                         "Apply bitkit.data transforms (they give 3xHxW tensors in [-1, 1]).")
+    if loss != "auto":
+        return loss
+    target = item[1]
+    multi_hot = torch.is_tensor(target) and target.is_floating_point() and target.dim() == 1
+    return "sigmoid" if multi_hot else "softmax"
+
+
+def _check_targets(logits: torch.Tensor, y: torch.Tensor, loss_kind: str) -> None:
+    classes = logits.shape[1]
+    if loss_kind == "softmax" and (y.min() < 0 or y.max() >= classes):
+        raise ValueError(f"labels of the first batch range over {int(y.min())}..{int(y.max())} "
+                         f"but the model has {classes} outputs; create the model with "
+                         "num_classes = the number of classes (or model.reset_head(n))")
+    if loss_kind == "sigmoid" and y.shape[1] != classes:
+        raise ValueError(f"multi-hot targets have {y.shape[1]} classes but the model has "
+                         f"{classes} outputs; use model.reset_head({y.shape[1]})")
+
+
+def _identity(model: nn.Module, config: TrainConfig, dataset_size: int) -> dict[str, Any]:
+    """What this run *is*: compared with a checkpoint's before resuming from it."""
+    name = getattr(model, "name", type(model).__name__)
+    return {"model": name, "parameters": checkpoint.parameter_shapes(model),
+            "dataset_size": dataset_size, **config.identity()}
+
+
+def _save_checkpoint(path: Path, step: int, model: nn.Module, optimizer: torch.optim.Optimizer,
+                     anchor: list[torch.Tensor], sampler: StepSampler, config: TrainConfig,
+                     identity: dict[str, Any], info: DistInfo) -> None:
+    rng = distributed.all_gather(checkpoint.rng_state())  # every rank's dropout/augment RNG
+    if info.is_main:
+        checkpoint.save(path, {
+            "step": step, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            "anchor": anchor, "rng": rng, "data": {**sampler.state_dict(), "step": step},
+            "config": config.to_dict(), "identity": identity,
+        })
+    distributed.barrier()  # nobody runs ahead (or exits) before the file is complete
+
+
+def _resume(path: Path, identity: dict[str, Any], model: nn.Module,
+            optimizer: torch.optim.Optimizer, anchor: list[torch.Tensor], info: DistInfo,
+            seed: int) -> int:
+    state = checkpoint.load(path)
+    checkpoint.check_compatible(state["identity"], identity, path)
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    for a, saved in zip(anchor, state["anchor"], strict=True):
+        a.copy_(saved)
+    step = int(state["step"])
+    if len(state["rng"]) == info.world_size:
+        checkpoint.set_rng_state(state["rng"][info.rank])
+    else:
+        # Data order and gradients do not depend on the world size (StepSampler, GroupNorm);
+        # only dropout/augmentation randomness cannot be carried over rank by rank.
+        _seed_globals(seed, info.rank, step)
+        if info.is_main:
+            print(f"resuming with {info.world_size} processes from a checkpoint of "
+                  f"{len(state['rng'])}: dropout/augmentation randomness is reseeded",
+                  file=sys.stderr)
+    return step
+
+
+if __name__ == "__main__":  # the torchrun entry point: python -m bitkit.train --config run.yaml
+    from bitkit.runfile import main
+
+    sys.exit(main())

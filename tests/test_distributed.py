@@ -1,0 +1,149 @@
+"""Data parallelism: process layout, data shards, and DDP == one process (the GroupNorm property)."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from test_train import write_run
+
+from bitkit import checkpoint, distributed, runfile
+from bitkit.distributed import DistInfo, StepSampler, env_info, shard_indices, slurm_master_addr
+from bitkit.models import create
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def test_env_info_reads_torchrun_then_slurm():
+    assert env_info({}) == DistInfo(0, 1, 0)
+    torchrun = {"RANK": "5", "WORLD_SIZE": "8", "LOCAL_RANK": "1"}
+    slurm = {"SLURM_PROCID": "3", "SLURM_NTASKS": "16", "SLURM_LOCALID": "3"}
+    assert env_info(torchrun) == DistInfo(5, 8, 1)
+    assert env_info(slurm) == DistInfo(3, 16, 3)
+    assert env_info({**slurm, **torchrun}) == DistInfo(5, 8, 1)  # torchrun inside sbatch
+    # a notebook on a SLURM node (one task) is a single process
+    assert env_info({"SLURM_PROCID": "0", "SLURM_NTASKS": "1"}) == DistInfo(0, 1, 0)
+    assert DistInfo(0, 2).is_main and not DistInfo(1, 2).is_main
+
+
+@pytest.mark.parametrize("nodelist, first", [("gpu[003-005,9]", "gpu003"), ("a1,b2", "a1"),
+                                             ("node7", "node7"), ("n[12,15]", "n12")])
+def test_slurm_master_addr(nodelist, first):
+    assert slurm_master_addr(nodelist) == first
+
+
+def micro_batches(world, split, n=50, batch=8, steps=20, start=0):
+    """{step: [indices of rank 0's micro-batches..., rank 1's ...]} flattened per step."""
+    per_step = {}
+    for rank in range(world):
+        s = StepSampler(n, batch, steps, seed=7, start_step=start, rank=rank, world_size=world,
+                        batch_split=split)
+        chunks = list(s)
+        assert len(chunks) == len(s) == (steps - start) * split
+        assert all(len(c) == batch // world // split for c in chunks)
+        for i, step in enumerate(range(start, steps)):
+            per_step.setdefault(step, []).extend(sum(chunks[i * split:(i + 1) * split], []))
+    return per_step
+
+
+def test_each_step_sees_the_same_examples_for_any_world_size_and_split():
+    one = micro_batches(1, 1)
+    assert micro_batches(2, 1) == one == micro_batches(2, 2) == micro_batches(1, 4)
+    s = StepSampler(50, 8, 20, seed=7)
+    assert all(one[k] == s.global_batch(k).tolist() for k in one)
+    # resuming at step 9 continues the same stream
+    assert micro_batches(2, 2, start=9) == {k: v for k, v in one.items() if k >= 9}
+
+
+def test_the_stream_is_a_new_permutation_every_epoch():
+    s = StepSampler(50, 10, 10, seed=3)
+    stream = np.concatenate([s.global_batch(k) for k in range(10)])
+    epochs = stream.reshape(2, 50)
+    assert all(sorted(e) == list(range(50)) for e in epochs)
+    assert not np.array_equal(epochs[0], epochs[1])
+    tiny = StepSampler(3, 8, 2, seed=0)  # few-shot: a batch spans several epochs
+    assert sorted(tiny.global_batch(0)[:3]) == [0, 1, 2] and len(tiny.global_batch(0)) == 8
+    with pytest.raises(ValueError, match="divisible by world_size x batch_split = 3 x 1"):
+        StepSampler(10, 8, 1, world_size=3)
+
+
+def test_eval_shards_cover_the_data_once():
+    shards = [shard_indices(11, DistInfo(r, 3)) for r in range(3)]
+    assert sorted(sum(shards, [])) == list(range(11))
+
+
+def test_two_process_ddp_equals_one_process_and_micro_batches(tmp_path):
+    """The GroupNorm property the paper relies on (4.3): no batch statistics, so 2 processes with
+    4 images each (gloo DDP, gradients averaged), 1 process with all 8, and 1 process with 4
+    micro-batches of 2 all take the same SGD steps. No MixUp: its pairs live inside a rank's
+    micro-batch, so they differ by construction."""
+    kw = dict(steps=4, schedule={"base_lr": 0.1, "warmup_steps": 1, "decay_steps": [2],
+                                 "total_steps": 4})
+    events = []  # DDP run: 2 ranks x 2 micro-batches x 2 images
+    launched = runfile.launch(write_run(tmp_path, "ddp", batch_split=2, **kw), nproc_per_node=2,
+                            env={"OMP_NUM_THREADS": "1"})
+    runfile.run(write_run(tmp_path, "full", **kw))
+    runfile.run(write_run(tmp_path, "split", batch_split=4, **kw))
+    assert launched.follow([events.append]) == 0
+    assert [e.step for e in events if e.kind == "step"] == [1, 2, 3, 4]  # streamed back
+    assert events[-1].kind == "end" and events[-1].reason == "done"
+
+    ddp, full, split = (checkpoint.load(tmp_path / name / "checkpoint.pt")["model"]
+                        for name in ("ddp", "full", "split"))
+    torch.manual_seed(0)  # the run file's seed: the weights before training
+    start = create("R14x0.25", num_classes=3).state_dict()
+    assert not torch.allclose(full["head.weight"], start["head.weight"])  # it trained
+    for name in full:
+        torch.testing.assert_close(ddp[name], full[name], rtol=1e-4, atol=1e-5, msg=name)
+        torch.testing.assert_close(split[name], full[name], rtol=1e-4, atol=1e-5, msg=name)
+
+
+COUNT_ALL_REDUCES = """
+import json, sys
+import torch, torch.distributed as dist
+from bitkit import runfile, train
+
+class CountingDDP(train.DistributedDataParallel):
+    calls = 0
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+
+        def count(state, bucket):
+            CountingDDP.calls += 1
+            fut = dist.all_reduce(bucket.buffer().div_(dist.get_world_size()), async_op=True)
+            return fut.get_future().then(lambda f: f.value()[0])
+
+        self.register_comm_hook(None, count)
+
+train.DistributedDataParallel = CountingDDP
+counts = []
+for run_file in sys.argv[1:]:
+    CountingDDP.calls = 0
+    runfile.run(run_file)
+    counts.append(CountingDDP.calls)
+if dist.get_rank() == 0:
+    print("ALLREDUCE_CALLS", json.dumps(counts))
+"""
+
+
+def test_no_gradient_all_reduce_on_accumulation_micro_steps(tmp_path):
+    """With batch_split=4 each optimizer step all-reduces once (on the last micro-batch), exactly
+    as often as with batch_split=1; without DDP's no_sync it would be 4 times as often."""
+    script = tmp_path / "count.py"
+    script.write_text(COUNT_ALL_REDUCES)
+    one = write_run(tmp_path, "split1", steps=3)
+    four = write_run(tmp_path, "split4", steps=3, batch_split=4)
+    launched = distributed.torchrun([str(script), str(one), str(four)], nproc_per_node=2,
+                                    metrics=tmp_path / "split4" / "metrics.jsonl",
+                                    env={"OMP_NUM_THREADS": "1"})
+    assert launched.follow() == 0
+    line = next(x for x in launched.log.read_text().splitlines() if "ALLREDUCE_CALLS" in x)
+    split1_calls, split4_calls = json.loads(line.split("ALLREDUCE_CALLS", 1)[1])
+    assert split1_calls >= 3 and split4_calls == split1_calls
