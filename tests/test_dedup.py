@@ -1,0 +1,178 @@
+"""bitkit.dedup: exact blocked k-NN, planted near-duplicates found, Table 1 shape."""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import Dataset
+
+from bitkit import dedup, models
+from bitkit.evaluate import report_from_logits
+
+
+def unit(g, n, d):
+    x = g.normal(size=(n, d)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def brute(q, x, k):
+    s = q @ x.T
+    idx = np.argsort(-s, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(s, idx, axis=1), idx
+
+
+@pytest.mark.parametrize("k,block,qblock", [(1, 7, 5), (3, 2, 64), (5, 1000, 3)])
+def test_blocked_knn_is_exact(k, block, qblock):
+    g = np.random.default_rng(k)
+    q, x = unit(g, 23, 16), unit(g, 101, 16)
+    sims, idx = dedup.knn(q, x, k, block_size=block, query_block=qblock)
+    ref_s, ref_i = brute(q, x, k)
+    np.testing.assert_array_equal(idx, ref_i)
+    np.testing.assert_allclose(sims, ref_s, rtol=1e-5, atol=1e-6)
+
+
+def test_knn_streams_iterables_and_memmaps(tmp_path):
+    g = np.random.default_rng(0)
+    q, x = unit(g, 10, 8), unit(g, 50, 8)
+    ref = dedup.knn(q, x, 2)
+    blocks = (x[i:i + 9] for i in range(0, 50, 9))
+    np.testing.assert_array_equal(dedup.knn(q, blocks, 2)[1], ref[1])
+    mm = np.lib.format.open_memmap(tmp_path / "x.npy", mode="w+", dtype=np.float32, shape=x.shape)
+    mm[:] = x
+    np.testing.assert_array_equal(dedup.knn(q, mm, 2, block_size=16)[1], ref[1])
+    # fewer index vectors than k: missing neighbours are -1 / -inf
+    s, i = dedup.knn(q, x[:1], 3)
+    assert (i[:, 0] == 0).all() and (i[:, 1:] == -1).all() and np.isinf(s[:, 1:]).all()
+
+
+def test_faiss_backend_agrees():
+    pytest.importorskip("faiss")
+    g = np.random.default_rng(1)
+    q, x = unit(g, 30, 32), unit(g, 200, 32)
+    s1, i1 = dedup.knn(q, x, 4, block_size=64)
+    s2, i2 = dedup.knn(q, x, 4, block_size=64, backend="faiss")
+    np.testing.assert_array_equal(i1, i2)
+    np.testing.assert_allclose(s1, s2, rtol=1e-5, atol=1e-6)
+
+
+def test_memory_estimate_is_independent_of_upstream_size():
+    est = dedup.estimate_memory(10_000, 2048, 1, block_size=16384, query_block=4096)
+    assert est["upstream_block"] == 4 * 16384 * 2048
+    assert est["similarity_tile"] == 4 * 4096 * 16384
+    assert est["total"] < 1 << 30  # < 1 GiB for 10k queries, whatever the upstream size
+
+
+# --------------------------------------------------------------------------------------------
+# Planted near-duplicates, end to end through a model
+# --------------------------------------------------------------------------------------------
+
+
+def smooth_images(g, n, s=32):
+    low = torch.tensor(g.integers(0, 256, (n, 3, 4, 4)), dtype=torch.float32)
+    t = F.interpolate(low, size=(s, s), mode="bicubic", align_corners=False)
+    t = t + torch.tensor(g.normal(0, 12, (n, 3, s, s)), dtype=torch.float32)
+    return t.clamp(0, 255).round().to(torch.uint8)
+
+
+class Images(Dataset):
+    def __init__(self, images, name):
+        self.images, self.name = images, name
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, i):
+        return self.images[i], 0
+
+    def example_id(self, i):
+        return f"{self.name}:test:{i}" if self.name == "down" else f"{self.name}:train:{i}"
+
+
+class Thumbnail(nn.Module):
+    """A transparent embedding: the 8x8 thumbnail minus its mean (cosine = correlation)."""
+
+    def __init__(self):
+        super().__init__()
+        self.dummy = nn.Parameter(torch.zeros(()))
+
+    def features(self, x):
+        t = F.adaptive_avg_pool2d(x, 8).flatten(1)
+        return t - t.mean(1, keepdim=True)
+
+
+def planted_world(seed=0):
+    g = np.random.default_rng(seed)
+    up, down = smooth_images(g, 300), smooth_images(g, 60)
+    truth = []
+    for j, (d, u) in enumerate(zip(range(0, 60, 6), range(5, 300, 30), strict=False)):
+        img = up[u].float()
+        kind = j % 4  # exact copy, pixel noise, 1-2 pixel shift, colour change
+        if kind == 1:
+            img = img + torch.tensor(g.normal(0, 8, img.shape), dtype=torch.float32)
+        elif kind == 2:
+            img = torch.roll(img, shifts=(2, 1), dims=(1, 2))
+        elif kind == 3:
+            img = img * torch.tensor([0.9, 1.1, 1.0])[:, None, None]
+        down[d] = img.clamp(0, 255).round().to(torch.uint8)
+        truth.append((f"down:test:{d}", f"up:train:{u}"))
+    return Images(down, "down"), Images(up, "up"), truth
+
+
+def test_finds_every_planted_pair_with_precision_and_recall():
+    down, up, truth = planted_world()
+    rep = dedup.find_duplicates(Thumbnail(), down, up, k=2, threshold=0.8, block_size=64,
+                                batch_size=16, progress=False)
+    sweep = {round(r["threshold"], 3): r for r in rep.sweep(truth)}
+    at = sweep[0.8]  # planted pairs score >= 0.86, unrelated images <= 0.55
+    assert (at["recall"], at["precision"]) == (1.0, 1.0), at
+    assert at["true_positives"] == 10 and at["false_positives"] == 0
+    # Looser thresholds admit unrelated images: precision falls, recall stays.
+    assert sweep[0.5]["recall"] == 1.0 and sweep[0.5]["precision"] < 1.0
+    assert 0.6 <= dedup.DuplicateReport.best_threshold(list(sweep.values())) <= 0.99
+    # The exact-hash pass finds the byte-identical copies (kinds 0: pairs 0, 4, 8).
+    assert rep.exact == sorted([truth[0], truth[4], truth[8]])
+    assert rep.count() == 10 and rep.duplicate_ids() == {d for d, _ in truth}
+    first = rep.pairs()[0]
+    assert first["exact"] and first["similarity"] == pytest.approx(1.0, abs=1e-5)
+
+
+def test_streaming_search_equals_search_on_saved_embeddings(tmp_path):
+    down, up, truth = planted_world(1)
+    torch.manual_seed(0)
+    model = models.create("R14x0.25", num_classes=10, zero_head=False)
+    streamed = dedup.find_duplicates(model, down, up, k=3, block_size=50, batch_size=32,
+                                     progress=False)
+    q = dedup.embed(model, down, progress=False)
+    x = dedup.embed(model, up, progress=False)
+    direct = dedup.search(q, x, k=3)
+    np.testing.assert_array_equal(streamed.neighbour_ids, direct.neighbour_ids)
+    np.testing.assert_allclose(streamed.similarity, direct.similarity, rtol=1e-5)
+    assert streamed.exact == direct.exact == sorted([truth[0], truth[4], truth[8]])
+    back = dedup.DuplicateReport.load(streamed.save(tmp_path / "dups"))
+    np.testing.assert_array_equal(back.neighbour_ids, streamed.neighbour_ids)
+    assert back.exact == streamed.exact and back.threshold == streamed.threshold
+
+
+def test_sweep_known_answers():
+    rep = dedup.DuplicateReport(
+        np.array(["d0", "d1", "d2"]), np.array([["u0"], ["u5"], ["u2"]]),
+        np.array([[0.99], [0.95], [0.80]], np.float32), exact=[("d3", "u3")])
+    truth = [("d0", "u0"), ("d2", "u2"), ("d3", "u3"), ("d4", "u4")]
+    rows = {r["threshold"]: r for r in rep.sweep(truth, thresholds=[0.9, 0.7])}
+    # 0.9: d0-u0 (tp), d1-u5 (fp), exact d3-u3 (tp) -> P 2/3, R 2/4
+    assert (rows[0.9]["precision"], rows[0.9]["recall"]) == pytest.approx((2 / 3, 0.5))
+    assert (rows[0.7]["precision"], rows[0.7]["recall"]) == pytest.approx((3 / 4, 0.75))
+
+
+def test_table1_full_dedup_dups():
+    logits = np.eye(4, dtype=np.float32)
+    report = report_from_logits(logits, np.array([0, 1, 2, 0]), ids=["a", "b", "c", "d"])
+    rows = dedup.table1({"toy": report}, {"toy": ["a", "d"]})
+    assert rows == [{"dataset": "toy", "full": 75.0, "dedup": 100.0, "dups": 2, "test_size": 4}]
+    text = dedup.format_table1(rows)
+    assert "Full" in text and "75.0" in text and "100.0" in text
+    with pytest.raises(ValueError, match="not in the report"):
+        dedup.table1({"toy": report}, {"toy": ["zz"]})
+    with pytest.raises(KeyError, match="no duplicates given"):
+        dedup.table1({"toy": report}, {})
