@@ -120,7 +120,8 @@ def test_missing_key_and_wrong_shape_are_named(tmp_path):
     missing = dict(arrays)
     del missing["resnet/block3/unit01/b/group_norm/beta"]
     np.savez(tmp_path / "missing.npz", **missing)
-    with pytest.raises(ValueError, match=r"missing 'resnet/block3/unit01/b/group_norm/beta'.*stages\.2\.units\.0\.norm2\.bias"):
+    expected = r"missing 'resnet/block3/unit01/b/group_norm/beta'.*stages\.2\.units\.0\.norm2\.bias"
+    with pytest.raises(ValueError, match=expected):
         create("R14x0.25", num_classes=10, weights=str(tmp_path / "missing.npz"))
     bad = dict(arrays)
     bad["resnet/block2/unit01/b/standardized_conv2d/kernel"] = np.zeros((3, 3, 32, 31), np.float32)
@@ -146,7 +147,8 @@ def test_user_mistakes_get_clear_messages(tmp_path):
     np.savez(tmp_path / "other.npz", a=np.zeros(3))
     with pytest.raises(ValueError, match="no BiT ResNet variables .*'a'"):
         weights.load(create("R14x0.25"), tmp_path / "other.npz")
-    arrays = {weights.tf_name(k): weights._oihw_to_hwio(v) for k, v in create("R14x0.25").state_dict().items()}
+    state = create("R14x0.25").state_dict()
+    arrays = {weights.tf_name(k): weights._oihw_to_hwio(v) for k, v in state.items()}
     arrays["resnet/group_norm/beta"] = np.array([{"a": 1}], dtype=object)  # would need unpickling
     np.savez(tmp_path / "pickled.npz", **arrays)
     with pytest.raises(ValueError, match="'resnet/group_norm/beta' is not a plain numeric array"):
