@@ -21,7 +21,7 @@ import json
 import math
 import textwrap
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
 
 import numpy as np
@@ -187,6 +187,38 @@ class Recipe:
         d["schedule"] = self.schedule.to_dict()
         d["decisions"] = [asdict(x) for x in self.decisions]
         return d
+
+    def shortened(self, total_steps: int) -> Recipe:
+        """The same recipe compressed to ``total_steps``: warm-up and decays keep their fractions.
+
+        For teaching runs on a CPU, where BiT's 500 steps of 512 images would take too long. This
+        is *not* the HyperRule; the added decision says so, so explanations stay honest.
+        """
+        s = self.schedule
+        if total_steps == s.total_steps:
+            return self
+        if total_steps < len(s.boundaries):
+            raise ValueError(f"total_steps must be at least {len(s.boundaries)} to keep a warm-up "
+                             f"and {len(s.decay_steps)} decays; got {total_steps}")
+        f = total_steps / s.total_steps
+        points = [max(1, round(b * f)) for b in s.boundaries[:-1]]
+        for i in range(1, len(points)):  # keep boundaries strictly increasing after rounding
+            points[i] = max(points[i], points[i - 1] + 1)
+        schedule = Schedule(s.base_lr, points[0], tuple(points[1:]), total_steps)
+        note = Decision("length", f"{total_steps:,} steps instead of {s.total_steps:,}",
+                        "shortened for a quick run (not BiT's schedule)",
+                        "Warm-up and lr decays keep their fractions of the run.")
+        return replace(self, schedule=schedule, decisions=(*self.decisions, note))
+
+    def at_resolution(self, resize: int, crop: int, why: str) -> Recipe:
+        """The same recipe trained at another resolution (e.g. a card's CPU-sized teaching one),
+        with a decision that says so and why."""
+        if (resize, crop) == (self.resize, self.crop):
+            return self
+        note = Decision("resolution", f"resize to {resize}, crop {crop} instead of "
+                        f"{self.resize}/{self.crop}", why, "Not BiT's resolution: the "
+                        "explanation above is what BiT would use.")
+        return replace(self, resize=resize, crop=crop, decisions=(*self.decisions, note))
 
 
 def _fmt(n: float) -> str:

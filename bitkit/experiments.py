@@ -1,0 +1,183 @@
+"""The two experiments every lesson runs: pre-train upstream, then transfer with BiT-HyperRule.
+
+Each is the spine of DESIGN.md written out once: data card -> recipe -> BiT preprocessing ->
+``fit`` -> ``evaluate.predict``. Notebooks call these so a lesson shows the idea, not the
+plumbing; the functions are short enough to read when a student asks what happens inside.
+
+Upstream runs are cached on disk by their settings: the quickstart pre-trains once and every
+later notebook reuses that model. A cache entry is a normal ``fit`` output folder, so an
+interrupted pre-training resumes from its last checkpoint the next time it is asked for.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import Dataset
+
+from bitkit import __version__, data, hyperrule, weights
+from bitkit.evaluate import Report, predict
+from bitkit.events import Observer, RunControl
+from bitkit.hyperrule import Recipe
+from bitkit.models import ResNetV2, create
+from bitkit.train import FitResult, TrainConfig, fit
+
+FINAL_WEIGHTS = "model.safetensors"
+SETTINGS_FILE = "settings.json"
+
+
+def default_cache_dir() -> Path:
+    """``$BITKIT_CACHE/pretrained`` or ``~/.cache/bitkit/pretrained``."""
+    root = os.environ.get("BITKIT_CACHE") or Path.home() / ".cache" / "bitkit"
+    return Path(root) / "pretrained"
+
+
+# ---------------------------------------------------------------------------------------------
+# Upstream
+# ---------------------------------------------------------------------------------------------
+
+
+def pretrain(
+    model: str = "R14x0.25",
+    upstream: str = "world-upstream",
+    *,
+    size: int = 50_000,
+    steps: int = 600,
+    batch_size: int = 128,
+    variant: str = "S",
+    seed: int = 0,
+    cache_dir: str | os.PathLike | None = None,
+    observers: Sequence[Observer] = (),
+    control: RunControl | None = None,
+    progress: bool = True,
+    **train_overrides: Any,
+) -> ResNetV2:
+    """Pre-train ``model`` on ``size`` upstream images for ``steps`` steps (paper 3.3, 4.2).
+
+    The upstream schedule of BiT-``variant`` (lr 0.03 x batch/256, warm-up, decays at 30/60/80
+    of 90 epochs, weight decay 1e-4) compressed to ``steps``. The result is cached under
+    ``cache_dir`` by every setting that changes the weights; a second call loads it in a second.
+    """
+    if size < batch_size:
+        raise ValueError(f"size ({size}) must be at least one batch ({batch_size}) of images")
+    settings = dict(model=model, upstream=upstream, size=size, steps=steps, batch_size=batch_size,
+                    variant=variant, seed=seed, train=train_overrides, bitkit=__version__)
+    folder = _cache_folder(settings, cache_dir)
+    raw = data.load(upstream, "train", size=size)  # the world itself stays fixed across seeds
+    final = folder / FINAL_WEIGHTS
+    net = create(model, num_classes=raw.num_classes)
+    if final.is_file():
+        weights.load(net, final)
+        return net
+
+    recipe = hyperrule.upstream(size, variant=variant, batch_size=batch_size,
+                                epochs=steps * batch_size / size)
+    config = TrainConfig.from_recipe(recipe, seed=seed, progress=progress, **train_overrides)
+    torch.manual_seed(seed)
+    net = create(model, num_classes=raw.num_classes)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / SETTINGS_FILE).write_text(json.dumps(settings, indent=2))
+    result = fit(net, data.preprocess(raw, train=True), config, out_dir=folder,
+                 observers=observers, control=control)
+    if result.step == config.schedule.total_steps:  # a stopped run stays resumable, not final
+        weights.save_safetensors(net, final)
+    return net
+
+
+def _cache_folder(settings: dict[str, Any], cache_dir: str | os.PathLike | None) -> Path:
+    key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
+    name = f"{settings['model']}-{settings['upstream']}-{settings['size']}-{key}"
+    return Path(cache_dir or default_cache_dir()) / name
+
+
+# ---------------------------------------------------------------------------------------------
+# Transfer
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class TransferRun:
+    """One fine-tuning run: the rule's recipe, how training ended, and the test report."""
+
+    task: str
+    train_size: int
+    model: ResNetV2
+    recipe: Recipe
+    result: FitResult
+    report: Report
+
+    @property
+    def top1(self) -> float:
+        return self.report.top1
+
+    def summary(self) -> dict[str, Any]:
+        return {"task": self.task, "model": self.model.name, "train_size": self.train_size,
+                "steps": self.recipe.schedule.total_steps, "top1": round(100 * self.top1, 2)}
+
+
+def finetune(
+    task: str,
+    start: ResNetV2 | str = "R14x0.25",
+    *,
+    train_size: int | None = None,
+    shots: int | None = None,
+    test_size: int | None = None,
+    steps: int | None = None,
+    batch_size: int = 64,
+    seed: int = 0,
+    out_dir: str | os.PathLike | None = None,
+    observers: Sequence[Observer] = (),
+    control: RunControl | None = None,
+    progress: bool = True,
+    **train_overrides: Any,
+) -> TransferRun:
+    """Fine-tune ``start`` on ``task`` with BiT-HyperRule and evaluate on its test split.
+
+    ``start`` is a pre-trained model (copied; its head is replaced by a zero-initialised one,
+    paper 3.3) or a model name (the same architecture trained from scratch: the baseline).
+    ``shots`` takes a seeded, balanced k-shot subset; ``train_size`` the first n examples of a
+    seeded shuffle. ``steps`` compresses the rule's schedule for CPU runs (labelled as such in
+    the recipe's explanation); None keeps BiT's.
+    """
+    raw_train = data.load(task, "train")
+    card = raw_train.card
+    train_set: Dataset = raw_train
+    if shots is not None:
+        train_set = data.kshot(raw_train, shots, seed)
+    elif train_size is not None:
+        if not 0 < train_size <= len(raw_train):
+            raise ValueError(f"train_size must be in 1..{len(raw_train)} for {task!r}, "
+                             f"got {train_size}")
+        order = torch.randperm(len(raw_train), generator=torch.Generator().manual_seed(seed))
+        train_set = data.SubsetDataset(raw_train, order[:train_size].numpy(), tag=f"n={train_size}")
+    recipe = hyperrule.hyperrule(card, train_size=len(train_set), batch_size=batch_size)
+    if steps is not None:
+        recipe = recipe.shortened(steps)
+    if card.resolution is not None:  # embedded tasks carry a CPU-sized teaching resolution
+        recipe = recipe.at_resolution(*card.resolution, why=f"the {card.name} card's teaching "
+                                      "resolution, sized for a CPU")
+
+    raw_test = data.load(task, card.eval_split)
+    if test_size is not None:
+        raw_test = data.SubsetDataset(raw_test, range(min(test_size, len(raw_test))))
+
+    if isinstance(start, str):
+        torch.manual_seed(seed)
+        model = create(start, num_classes=raw_train.num_classes)
+    else:
+        model = copy.deepcopy(start).reset_head(raw_train.num_classes, zero_init=True)
+    config = TrainConfig.from_recipe(recipe, seed=seed, progress=progress, **train_overrides)
+    sizes = dict(resize=recipe.resize, crop=recipe.crop)
+    result = fit(model, data.preprocess(train_set, train=True, **sizes), config,
+                 out_dir=out_dir, observers=observers, control=control)
+    report = predict(model, data.preprocess(raw_test, train=False, **sizes), progress=progress,
+                     class_names=raw_train.class_names)
+    return TransferRun(task, len(train_set), model, recipe, result, report)
