@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import os
+import sysconfig
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cache
@@ -24,7 +25,17 @@ from typing import Any
 
 import yaml
 
-CARD_DIR = Path(__file__).resolve().parents[2] / "data_cards"
+
+def _card_dir() -> Path:
+    """``data_cards/`` of the source tree (editable installs), else the copy a wheel installs
+    under ``<prefix>/share/bitkit/data_cards`` (pyproject's data-files)."""
+    source_tree = Path(__file__).resolve().parents[2] / "data_cards"
+    if source_tree.is_dir():
+        return source_tree
+    return Path(sysconfig.get_path("data")) / "share" / "bitkit" / "data_cards"
+
+
+CARD_DIR = _card_dir()
 
 GROUPS = (
     "upstream", "standard", "benchmark", "vtab-natural", "vtab-specialized", "vtab-structured",
