@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from bitkit.events import RunControl
+from bitkit.fileio import atomic_write
 
 FORMAT = "bitkit-checkpoint-v1"
 PREEMPTION_SIGNALS = ("SIGTERM", "SIGUSR1")
@@ -41,18 +42,7 @@ class CheckpointMismatch(ValueError):
 
 def save(path: str | os.PathLike, state: dict[str, Any]) -> Path:
     """Write ``state`` to ``path`` atomically (temp file + fsync + rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with tmp.open("wb") as f:
-            torch.save({"format": FORMAT, **state}, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return atomic_write(path, lambda f: torch.save({"format": FORMAT, **state}, f))
 
 
 def load(path: str | os.PathLike) -> dict[str, Any]:

@@ -14,8 +14,9 @@ The search here:
   in blocks of ``block_size`` (from an array, a memory map, an iterator, or a model run over the
   upstream dataset), and each block is scored in chunks of ``query_block`` queries. Memory is
   bounded by the block sizes, never by the upstream size (:func:`estimate_memory`). The work runs
-  on the device of ``device`` (a GPU when given one); per block, the kernel is a matrix product
-  and a top-k (``backend="torch"``) or FAISS's exact ``IndexFlatIP`` (``backend="faiss"``);
+  on ``device`` (default: a GPU when there is one, see :func:`default_device`); per block, the
+  kernel is a matrix product and a top-k (``backend="torch"``) or FAISS's exact
+  ``IndexFlatIP`` (``backend="faiss"``);
 - an **exact-hash pass**: identical images (same bytes) are duplicates whatever the model says;
 - a **threshold** on cosine similarity turns neighbours into duplicate pairs; with ground truth
   (the planted pairs of the embedded world) :meth:`DuplicateReport.sweep` gives precision and
@@ -40,6 +41,7 @@ from torch import nn
 
 import bitkit
 from bitkit.evaluate import Data, Report, _dataset_of, _features_fn, example_ids, run_model
+from bitkit.fileio import atomic_write
 
 #: A starting threshold on cosine similarity of L2-normalised pre-logits. Choose it for your
 #: model with :meth:`DuplicateReport.sweep` against known pairs; the paper does not state one.
@@ -123,6 +125,15 @@ def estimate_memory(n_queries: int, dim: int, k: int = 1, *, block_size: int = D
     return parts
 
 
+def default_device(queries: torch.Tensor, backend: str = "torch") -> torch.device:
+    """Where the search runs when no ``device`` is given: the queries' device if they already
+    live on a GPU, else CUDA when there is one (the scoring is matrix products: a GPU is
+    10-100x faster), else the CPU. The FAISS backend here is FAISS's CPU index: CPU."""
+    if queries.device.type != "cpu" or backend != "torch":
+        return queries.device if backend == "torch" else torch.device("cpu")
+    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+
+
 class TopK:
     """Running exact top-k by inner product of resident queries over streamed index blocks."""
 
@@ -144,7 +155,7 @@ class TopK:
                             else queries).float()
         if q.dim() != 2:
             raise ValueError(f"queries must be (Q, D); got shape {tuple(q.shape)}")
-        self.device = torch.device(device) if device is not None else q.device
+        self.device = torch.device(device) if device is not None else default_device(q, backend)
         self.queries = q.to(self.device).contiguous()
         self.k, self.query_block, self.backend = k, query_block, backend
         n = len(q)
@@ -324,10 +335,9 @@ class DuplicateReport:
         path.parent.mkdir(parents=True, exist_ok=True)
         info = {"threshold": self.threshold, "exact": self.exact, "meta": self.meta,
                 "format": "bitkit.DuplicateReport/1"}
-        np.savez_compressed(path, query_ids=self.query_ids.astype(str),
-                            neighbour_ids=self.neighbour_ids.astype(str),
-                            similarity=self.similarity, info=np.asarray(json.dumps(info)))
-        return path
+        return atomic_write(path, lambda f: np.savez_compressed(
+            f, query_ids=self.query_ids.astype(str), neighbour_ids=self.neighbour_ids.astype(str),
+            similarity=self.similarity, info=np.asarray(json.dumps(info))))
 
     @classmethod
     def load(cls, path: str | Path) -> DuplicateReport:
@@ -441,12 +451,13 @@ def table1(reports: Mapping[str, Report], duplicates: Mapping[str, DuplicateRepo
     """Rows shaped like supplementary Table 1: per downstream set, Full / Dedup top-1 and Dups.
 
     ``reports`` are test-set predictions (``bitkit.evaluate.predict``); ``duplicates`` per set is a
-    :class:`DuplicateReport` (at ``threshold``) or the downstream ids to remove. Accuracies are in
-    percent, as in the paper.
+    :class:`DuplicateReport` (at ``threshold``) or the downstream ids to remove. Accuracies are
+    fractions in [0, 1] like every accuracy bitkit returns; :func:`format_table1` prints them in
+    percent, as the paper does.
     """
     missing = sorted(set(reports) - set(duplicates))
     if missing:
-        raise KeyError(f"no duplicates given for {missing}; pass a DuplicateReport or an id list "
+        raise ValueError(f"no duplicates given for {missing}; pass a DuplicateReport or an id list "
                        "for every downstream set")
     rows = []
     for name, report in reports.items():
@@ -457,13 +468,14 @@ def table1(reports: Mapping[str, Report], duplicates: Mapping[str, DuplicateRepo
             raise ValueError(f"{name}: {len(ids) - len(present)} duplicate ids are not in the "
                              "report's test set; were the duplicates found on another split?")
         dedup = report.without_ids(ids)
-        rows.append({"dataset": name, "full": 100 * report.top1, "dedup": 100 * dedup.top1,
+        rows.append({"dataset": name, "full": report.top1, "dedup": dedup.top1,
                      "dups": len(ids), "test_size": len(report)})
     return rows
 
 
 def format_table1(rows: Sequence[Mapping[str, Any]]) -> str:
-    """Plain-text Full / Dedup / Dups table like the paper's."""
+    """Plain-text Full / Dedup / Dups table like the paper's (accuracies in percent)."""
     lines = [f"{'':<16}{'Full':>8}{'Dedup':>8}{'Dups':>7}"]
-    lines += [f"{r['dataset']:<16}{r['full']:>8.1f}{r['dedup']:>8.1f}{r['dups']:>7d}" for r in rows]
+    lines += [f"{r['dataset']:<16}{100 * r['full']:>8.1f}{100 * r['dedup']:>8.1f}{r['dups']:>7d}"
+              for r in rows]
     return "\n".join(lines)

@@ -28,7 +28,7 @@ import json
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -38,6 +38,7 @@ from torch.utils.data import DataLoader, Dataset, SequentialSampler, Subset
 from tqdm.auto import tqdm
 
 import bitkit
+from bitkit.fileio import atomic_write
 
 Data = Dataset | DataLoader
 ClassRef = int | str
@@ -323,11 +324,13 @@ class Report:
         return [self.row(i, correct) for i in range(len(self))]
 
     def summary(self) -> dict[str, Any]:
-        """Headline numbers, JSON-ready (for a notebook's metrics.json)."""
+        """Headline numbers, JSON-ready (for a notebook's metrics.json). Accuracies are fractions
+        in [0, 1], as everywhere in bitkit's API (percent only in display strings); ``top5``
+        only with more than 5 classes, like ``fit``'s evaluation."""
         out: dict[str, Any] = {"examples": len(self), "classes": self.num_classes,
                                "top1": self.top1, "mean_loss": float(self.loss.mean()) if len(self)
                                else float("nan"), "mistakes": int((~self.correct(1)).sum())}
-        if self.topk.shape[1] >= 5 or self.topk.shape[1] == self.num_classes:
+        if self.num_classes > 5 and self.topk.shape[1] >= 5:  # as in fit: else always 1
             out["top5"] = self.top5
         return out
 
@@ -362,8 +365,8 @@ class Report:
             arrays["logits"] = self.logits
         info = {"class_names": self.class_names, "multi_label": self.multi_label,
                 "meta": self.meta, "format": "bitkit.Report/1"}
-        np.savez_compressed(path, info=np.asarray(json.dumps(info)), **arrays)
-        return path
+        return atomic_write(path, lambda f: np.savez_compressed(
+            f, info=np.asarray(json.dumps(info)), **arrays))
 
     @classmethod
     def load(cls, path: str | Path) -> Report:
@@ -389,6 +392,100 @@ def _logits_fn(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return model(x)
 
 
+class Scores(NamedTuple):
+    """One batch scored: what both :class:`Report` and :class:`Accumulator` are built from."""
+
+    loss: torch.Tensor  # (N,) float32 per-example loss
+    top_idx: torch.Tensor  # (N, k) int64, best class first
+    top_prob: torch.Tensor  # (N, k) float32, softmax (or sigmoid for multi-label)
+    hits: torch.Tensor  # (N, k) bool: is the j-th best class a correct label
+    targets: torch.Tensor  # (N,) int64 class ids, or (N, C) bool multi-hot
+    multi_label: bool
+
+
+def score(logits: torch.Tensor, targets: torch.Tensor, k: int = 5) -> Scores:
+    """Per-example loss and top-k of one batch, on the logits' device. The one definition of
+    loss and top-k in bitkit: ``fit``'s periodic evaluation and ``predict`` both use it.
+
+    Targets of shape (N,) are class ids (softmax cross-entropy); (N, C) are multi-hot labels
+    (sigmoid cross-entropy summed over classes: the negative log-likelihood of the example's
+    whole label vector, as in multi-label upstream training, paper 3.1, and the loss ``fit``
+    trains with). A multi-label example is top-k correct when any of its k best classes is a
+    positive label (module docstring). Targets that do not fit the logits raise a ``ValueError``
+    that says so, instead of an ``IndexError`` (or a CUDA assert) from deep inside torch.
+    """
+    lg = torch.as_tensor(logits).float()
+    if lg.dim() != 2:
+        raise ValueError(f"logits must be (N, C); got shape {tuple(lg.shape)}")
+    n, c = lg.shape
+    tg = torch.as_tensor(targets).to(lg.device)
+    multi = tg.dim() == 2
+    if multi and tuple(tg.shape) != (n, c):
+        raise ValueError(f"multi-hot targets have {tg.shape[1]} classes (shape "
+                         f"{tuple(tg.shape)}) but the model has {c} outputs (logits {(n, c)}); "
+                         f"does the head match the dataset? model.reset_head({tg.shape[1]})")
+    if not multi:
+        if tuple(tg.shape) != (n,):
+            raise ValueError(f"targets must be (N,) class ids or (N, C) multi-hot; got "
+                             f"{tuple(tg.shape)} for {n} examples")
+        tg = tg.long()
+        if n and (int(tg.min()) < 0 or int(tg.max()) >= c):
+            raise ValueError(f"labels span {int(tg.min())}..{int(tg.max())} but the model has {c} "
+                             "outputs: does the head match the dataset's classes? Create the "
+                             "model with num_classes = the number of classes "
+                             "(or model.reset_head(n))")
+    k = min(k, c)
+    if multi:
+        pos = tg > 0
+        loss = F.binary_cross_entropy_with_logits(lg, tg.float(), reduction="none").sum(1)
+        top_prob, top_idx = torch.sigmoid(lg).topk(k, dim=1)
+        hits = pos.gather(1, top_idx)
+        tg = pos
+    else:
+        loss = F.cross_entropy(lg, tg, reduction="none")
+        top_prob, top_idx = torch.softmax(lg, dim=1).topk(k, dim=1)
+        hits = top_idx == tg[:, None]
+    return Scores(loss, top_idx, top_prob, hits, tg, multi)
+
+
+class Accumulator:
+    """Streaming loss, top-1 and top-5 over batches, in constant memory: ``fit``'s evaluation.
+
+    All state is one float64 vector of *sums* (``totals``), so the accumulators of several
+    processes merge with one all-reduce (``fit`` does ``all_reduce_sum(acc.totals)``) and the
+    result equals one process seeing every batch. Values are fractions in [0, 1], like
+    :attr:`Report.top1`; ``top5`` is only reported with more than 5 classes (with 5 or fewer
+    every label is in the top 5, so it would always be 1).
+    """
+
+    #: The entries of ``totals``.
+    FIELDS = ("loss_sum", "top1_hits", "top5_hits", "examples", "classes_x_batches", "batches")
+
+    def __init__(self, device: torch.device | str = "cpu") -> None:
+        self.totals = torch.zeros(len(self.FIELDS), dtype=torch.float64, device=device)
+
+    def add(self, logits: torch.Tensor, targets: torch.Tensor) -> Scores:
+        """Score one batch (see :func:`score`) and add it to the sums; returns the scores."""
+        s = score(logits, targets, k=5)
+        n, c = s.loss.shape[0], logits.shape[1]
+        self.totals += torch.stack([
+            s.loss.double().sum(), s.hits[:, 0].sum().double(), s.hits.any(1).sum().double(),
+            torch.tensor(float(n), dtype=torch.float64, device=s.loss.device),
+            torch.tensor(float(c), dtype=torch.float64, device=s.loss.device),
+            torch.tensor(1.0, dtype=torch.float64, device=s.loss.device)]).to(self.totals.device)
+        return s
+
+    def metrics(self) -> dict[str, float]:
+        """``{"loss", "top1"[, "top5"]}``: mean loss per example and top-k as fractions."""
+        loss, top1, top5, count, classes, batches = self.totals.tolist()
+        if count == 0:
+            raise ValueError("the evaluation dataset is empty")
+        out = {"loss": loss / count, "top1": top1 / count}
+        if classes / batches > 5:
+            out["top5"] = top5 / count
+        return out
+
+
 def report_from_logits(
     logits: np.ndarray | torch.Tensor,
     targets: np.ndarray | torch.Tensor,
@@ -401,52 +498,39 @@ def report_from_logits(
 ) -> Report:
     """Build a :class:`Report` from logits and targets you already have.
 
-    Targets of shape (N,) are class ids (softmax cross-entropy); (N, C) are multi-hot labels
-    (sigmoid cross-entropy, summed over classes: the negative log-likelihood of the example's
-    whole label vector, as in multi-label upstream training, paper 3.1).
+    Loss and top-k come from :func:`score`, computed on the device the logits are on (a CUDA
+    tensor stays on the GPU until the per-example results are copied to the CPU).
     """
-    lg = torch.as_tensor(np.asarray(logits, dtype=np.float32))
+    if not isinstance(logits, torch.Tensor):
+        logits = torch.from_numpy(np.asarray(logits, dtype=np.float32))
+    if not isinstance(targets, torch.Tensor):
+        targets = torch.from_numpy(np.asarray(targets))
+    lg = logits.float()
     if lg.dim() != 2:
         raise ValueError(f"logits must be (N, C); got shape {tuple(lg.shape)}")
     n, c = lg.shape
-    tg = torch.as_tensor(np.asarray(targets))
-    multi = tg.dim() == 2
-    if multi and tuple(tg.shape) != (n, c):
-        raise ValueError(f"multi-hot targets {tuple(tg.shape)} do not match logits {(n, c)}")
-    if not multi:
-        if tg.shape != (n,):
-            raise ValueError(f"targets must be (N,) class ids or (N, C) multi-hot; got {tuple(tg.shape)}")
-        tg = tg.long()
-        if n and (int(tg.min()) < 0 or int(tg.max()) >= c):
-            raise ValueError(f"targets span [{int(tg.min())}, {int(tg.max())}] but the model has {c} "
-                             "outputs: does the head match the dataset's classes?")
     names = list(class_names) if class_names is not None else [str(i) for i in range(c)]
     if len(names) != c:
         raise ValueError(f"{len(names)} class names for a model with {c} outputs")
-    k = min(topk, c)
-    if multi:
-        pos = tg > 0
-        loss = F.binary_cross_entropy_with_logits(lg, pos.float(), reduction="none").sum(1)
-        prob = torch.sigmoid(lg)
-        top_val, top_idx = prob.topk(k, dim=1)
-        top1_ok = pos.gather(1, top_idx[:, :1]).squeeze(1)
-        best_pos = lg.masked_fill(~pos, float("-inf")).argmax(1)
-        label = torch.where(top1_ok, top_idx[:, 0], best_pos)
-        label = torch.where(pos.any(1), label, torch.full_like(label, -1))
-        targets_np = pos.numpy()
+    s = score(lg, targets, k=topk)
+    if s.multi_label:
+        # The one "true" class of a multi-label example (module docstring): its top-1 when that
+        # is a positive label, else its highest-scoring positive label; -1 when it has none.
+        best_pos = lg.masked_fill(~s.targets, float("-inf")).argmax(1)
+        label = torch.where(s.hits[:, 0], s.top_idx[:, 0], best_pos)
+        label = torch.where(s.targets.any(1), label, torch.full_like(label, -1))
     else:
-        loss = F.cross_entropy(lg, tg, reduction="none")
-        prob = torch.softmax(lg, dim=1)
-        top_val, top_idx = prob.topk(k, dim=1)
-        label = tg
-        targets_np = tg.numpy()
+        label = s.targets
     ids_np = np.asarray([str(i) for i in range(n)] if ids is None else [str(i) for i in ids])
     if len(ids_np) != n:
         raise ValueError(f"{len(ids_np)} ids for {n} examples")
-    return Report(ids=ids_np, targets=targets_np, label=label.numpy().astype(np.int64),
-                  topk=top_idx.numpy().astype(np.int64), topk_prob=top_val.numpy().astype(np.float32),
-                  loss=loss.numpy().astype(np.float32), class_names=names, multi_label=multi,
-                  logits=lg.numpy() if keep_logits else None, meta=dict(meta or {}))
+    return Report(ids=ids_np, targets=s.targets.cpu().numpy(),
+                  label=label.cpu().numpy().astype(np.int64),
+                  topk=s.top_idx.cpu().numpy().astype(np.int64),
+                  topk_prob=s.top_prob.cpu().numpy().astype(np.float32),
+                  loss=s.loss.cpu().numpy().astype(np.float32), class_names=names,
+                  multi_label=s.multi_label, logits=lg.cpu().numpy() if keep_logits else None,
+                  meta=dict(meta or {}))
 
 
 def predict(
@@ -464,14 +548,16 @@ def predict(
 
     ``class_names`` defaults to the dataset's ``class_names``. ``keep_logits=False`` keeps only
     the top-k (useful for 21k-class models on large test sets, where logits cost N x 21843 floats).
-    Post-processing (softmax, top-k, losses) runs per batch on the model's device.
+    Post-processing (softmax, top-k, losses: :func:`score`) runs per batch on the model's
+    device; only its per-example results (and the logits, when kept) are copied to the CPU, so a
+    GPU does the top-k over 21k classes.
     """
     ds = _dataset_of(data)
     names = class_names if class_names is not None else getattr(ds, "class_names", None)
     parts: list[Report] = []
     for logits, targets, _ in run_model(model, data, _logits_fn, batch_size=batch_size,
                                         num_workers=num_workers, progress=progress):
-        parts.append(report_from_logits(logits.float().cpu(), targets.cpu(), class_names=names,
+        parts.append(report_from_logits(logits, targets, class_names=names,
                                         topk=topk, keep_logits=keep_logits))
     if not parts:
         raise ValueError("the data is empty: nothing to predict")

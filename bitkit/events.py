@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from bitkit.fileio import atomic_write_text
+
 EventKind = Literal["start", "step", "eval", "checkpoint", "end"]
 
 
@@ -52,14 +54,18 @@ class Event:
     """Something that happened in a run. ``step`` counts optimizer steps done so far.
 
     ``metrics``: for ``step``, the training ``loss``, ``lr`` and ``examples_per_s``; for ``eval``,
-    ``loss``, ``top1`` and (with more than 5 classes) ``top5``. ``path`` is set for ``checkpoint``;
-    ``reason`` for ``end`` ("done", "stopped: ...", "diverged: ..."). ``time`` is Unix time.
+    ``loss`` (mean per example), ``top1`` and (with more than 5 classes) ``top5``: accuracies are
+    fractions in [0, 1], like ``Report.top1`` (display code formats them as percent); for
+    ``end`` of a run over file-backed data, ``corrupt_skipped`` (count of unreadable training
+    images skipped) and ``corrupt_ids`` (the first 20 of their example ids, a list). ``path``
+    is set for ``checkpoint``; ``reason`` for ``end`` ("done", "stopped: ...", "diverged: ...",
+    "interrupted"). ``time`` is Unix time.
     """
 
     kind: EventKind
     step: int
     total_steps: int
-    metrics: dict[str, float] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
     path: str | None = None
     reason: str | None = None
     time: float = field(default_factory=time.time)
@@ -109,16 +115,15 @@ class JsonlLogger:
 
     def _rewind(self, step: int) -> None:
         kept = [line for line in read_jsonl(self.path) if line["step"] <= step] if step else []
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
-        os.replace(tmp, self.path)
+        atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept))
 
 
 def _finite(d: dict[str, Any]) -> dict[str, Any]:
     # JSON has no NaN; a diverged loss is written as null so every reader can parse the file.
     m = d.get("metrics")
     if m:
-        d["metrics"] = {k: (v if math.isfinite(v) else None) for k, v in m.items()}
+        d["metrics"] = {k: (None if isinstance(v, float) and not math.isfinite(v) else v)
+                        for k, v in m.items()}
     return d
 
 
@@ -157,7 +162,14 @@ class ProgressBar:
                                   refresh=False)
         elif event.kind == "eval":
             self._bar.write(f"step {event.step}: " + ", ".join(
-                f"eval {k} {v:.4f}" for k, v in event.metrics.items()))
+                f"eval {k} {_show(k, v)}" for k, v in event.metrics.items()))
         elif event.kind == "end":
             self._bar.close()
             self._bar = None
+
+
+def _show(key: str, value: float | None) -> str:
+    """A metric for people: accuracies (fractions in the API) as percent, the rest as is."""
+    if value is None:
+        return "n/a"
+    return f"{100 * value:.2f}%" if key.startswith("top") else f"{value:.4f}"

@@ -43,6 +43,7 @@ from torch.utils.data import Dataset
 
 import bitkit
 from bitkit.evaluate import Data, Report, predict
+from bitkit.fileio import atomic_write_text
 
 #: Supplementary F.1: the object's longest side is 80% of the background width.
 OBJECT_FRACTION = 0.8
@@ -319,9 +320,9 @@ def build(foregrounds: Sequence[Foreground], backgrounds: Sequence[Background],
         rec["file_name"] = f"images/{n:05d}.png"
         Image.fromarray(image).save(out / rec["file_name"], format="PNG", optimize=False)
         records.append(rec)
-    with open(out / "metadata.jsonl", "w", encoding="utf-8", newline="\n") as fh:
-        for rec in records:
-            fh.write(json.dumps(rec, sort_keys=True) + "\n")
+    # Written last and atomically: a metadata.jsonl present means every image before it is.
+    atomic_write_text(out / "metadata.jsonl",
+                      "".join(json.dumps(rec, sort_keys=True) + "\n" for rec in records))
     if hf:
         _save_hf(out, records, progress)
     return records
@@ -395,20 +396,21 @@ class OOCResult:
     info: dict[str, dict[str, Any]]
 
     def rows(self) -> list[dict[str, Any]]:
-        """One point per model: x = IID top-1 %, y = OOC top-1 %, plus legend/size fields."""
-        return [{"model": name, "iid_top1": 100 * self.iid[name].top1,
-                 "ooc_top1": 100 * self.ooc[name].top1, "iid_examples": len(self.iid[name]),
+        """One point per model: x = IID top-1, y = OOC top-1 (fractions in [0, 1], like every
+        accuracy bitkit returns; multiply by 100 for a percent axis), plus legend/size fields."""
+        return [{"model": name, "iid_top1": self.iid[name].top1,
+                 "ooc_top1": self.ooc[name].top1, "iid_examples": len(self.iid[name]),
                  "ooc_examples": len(self.ooc[name]), **self.info[name]} for name in self.iid]
 
     def by_background(self, model: str, records: Sequence[Mapping[str, Any]]) -> dict[str, float]:
-        """OOC top-1 % per background name for one model (which contexts mislead it)."""
+        """OOC top-1 (fraction) per background name for one model (which contexts mislead it)."""
         rep = self.ooc[model]
         names = {r["id"]: r["bg_name"] for r in records}
         correct = rep.correct(1)
         groups: dict[str, list[bool]] = {}
         for i, ok in zip(rep.ids.tolist(), correct.tolist(), strict=True):
             groups.setdefault(names[i], []).append(ok)
-        return {k: 100 * float(np.mean(v)) for k, v in sorted(groups.items())}
+        return {k: float(np.mean(v)) for k, v in sorted(groups.items())}
 
 
 def evaluate_ooc(models: Mapping[str, nn.Module], iid: Data, ooc: Data, *,

@@ -10,6 +10,8 @@ notebook). docs/distributed.md has an annotated example.
 from __future__ import annotations
 
 import argparse
+import difflib
+import inspect
 import os
 import sys
 from collections.abc import Sequence
@@ -123,16 +125,39 @@ def recipe_for(spec: dict[str, Any], train_data: Dataset) -> Recipe:
     """
     from bitkit import hyperrule as hr
 
-    kind, args = spec["recipe"], dict(spec["recipe_args"])
+    if not isinstance(spec["recipe_args"] or {}, dict):
+        raise ValueError(f"recipe_args must be a mapping of argument: value, not "
+                         f"{spec['recipe_args']!r}")
+    kind, args = spec["recipe"], dict(spec["recipe_args"] or {})
     if kind == "hyperrule":
+        _check_args(kind, args, _keyword_names(hr.hyperrule) - {"card"})
         args.setdefault("train_size", len(train_data))
         return hr.hyperrule(getattr(train_data, "card", train_data), **args)
     if kind == "upstream":
+        _check_args(kind, args, _keyword_names(hr.upstream))
         return hr.upstream(args.pop("train_size", len(train_data)), **args)
     if kind == "search":
+        _check_args(kind, args, _keyword_names(hr.SearchSpace) | {"trial", "seed"})
         trial, seed = args.pop("trial", 0), args.pop("seed", 0)
         return hr.SearchSpace(**args).sample(trial, seed)
     raise ValueError(f"recipe must be 'hyperrule', 'upstream' or 'search', not {kind!r}")
+
+
+def _keyword_names(fn: Any) -> set[str]:
+    """Parameters that can be given by name (what a run file's recipe_args may set)."""
+    return {p.name for p in inspect.signature(fn).parameters.values()
+            if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+
+
+def _check_args(kind: str, args: dict[str, Any], allowed: set[str]) -> None:
+    """A misspelt recipe argument is a user mistake: name it and list the allowed ones (instead
+    of a TypeError from deep inside the rule)."""
+    unknown = sorted(set(args) - allowed)
+    if unknown:
+        hints = [f"{k!r} (did you mean {close[0]!r}?)" if (close := difflib.get_close_matches(
+            k, sorted(allowed), n=1)) else repr(k) for k in unknown]
+        raise ValueError(f"recipe_args: unknown argument(s) {', '.join(hints)} for recipe "
+                         f"{kind!r}; allowed: {', '.join(sorted(allowed))}")
 
 
 def run(config_path: str | os.PathLike, observers: Sequence[Observer] = ()) -> FitResult:

@@ -42,7 +42,9 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from bitkit import checkpoint, distributed
+from bitkit.data.corrupt import CorruptFlags, CorruptReport
 from bitkit.distributed import DistInfo, StepSampler
+from bitkit.evaluate import Accumulator, to_model_input
 from bitkit.events import Event, JsonlLogger, Observer, ProgressBar, RunControl
 from bitkit.hyperrule import Recipe, Schedule
 
@@ -72,7 +74,7 @@ class TrainConfig:
     eval_every: int = 0  # steps between evaluations (0: only at the end)
     checkpoint_every: int = 0  # steps between checkpoints (0: only at the end)
     log_every: int = 1  # steps between step events; each one waits for the device
-    eval_batch_size: int | None = None  # default: the micro-batch size
+    eval_batch_size: int | None = None  # per process; default: the per-process micro-batch
     device: str = "auto"
     bf16: bool = True  # bf16 autocast on CUDA (ignored on CPU)
     channels_last: bool = False
@@ -137,6 +139,9 @@ class FitResult:
     train_loss: float | None = None
     eval: dict[str, float] = field(default_factory=dict)
     checkpoint: Path | None = None
+    #: Unreadable training images skipped (and replaced) during the run; None when the data
+    #: cannot have any (see ``bitkit.data.corrupt``).
+    corrupt: CorruptReport | None = None
 
 
 class TrainingDiverged(RuntimeError):
@@ -212,7 +217,10 @@ def fit(
         _penultimate_dropout(model).p = config.dropout
     optimizer = torch.optim.SGD(model.parameters(), lr=0.0, momentum=config.momentum,
                                 weight_decay=config.weight_decay)
-    anchor = [p.detach().clone() for p in model.parameters()] if config.decay_to_init else []
+    # Decay towards the initial weights pulls only what trains: frozen parameters (requires_grad
+    # False, e.g. a frozen backbone) have no gradient to add the pull to and never move anyway.
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    anchor = [p.detach().clone() for p in trainable] if config.decay_to_init else []
 
     # Resume when out_dir holds a checkpoint of this run, else start fresh.
     out = Path(out_dir) if out_dir is not None else None
@@ -251,77 +259,124 @@ def fit(
     loss_sum, loss_steps = torch.zeros((), device=device), 0
     t_log, step_log = time.perf_counter(), start
     model.train()
-    with checkpoint.preemption_handler(control):
-        for step in range(start, schedule.total_steps):
-            lr = schedule.lr(step)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            mixing = config.mixup_alpha > 0
-            lam = mixup_lambda(config.mixup_alpha, config.seed, step) if mixing else 1.0
+    try:
+        with checkpoint.preemption_handler(control):
+            for step in range(start, schedule.total_steps):
+                lr = schedule.lr(step)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                mixing = config.mixup_alpha > 0
+                lam = mixup_lambda(config.mixup_alpha, config.seed, step) if mixing else 1.0
 
-            for micro in range(split):
-                x, y = next(batches)
-                x = x.to(device, non_blocking=True)
-                y = y.to(device, non_blocking=True)
-                if config.channels_last:
-                    x = x.contiguous(memory_format=torch.channels_last)
-                # Gradients of micro-batches accumulate locally; DDP syncs on the last one only.
-                sync = ddp is None or micro == split - 1
-                with nullcontext() if sync else ddp.no_sync():
-                    with autocast:
-                        if mixing:  # mix each image with a partner from the same micro-batch
-                            perm = mixup_permutation(len(x), config.seed, step, info.rank,
-                                                     micro).to(device)
-                            x = lam * x + (1 - lam) * x[perm]
-                        logits = net(x)
-                        if step == start and micro == 0:
-                            _check_targets(logits, y, loss_kind)
-                        loss = classification_loss(logits, y, loss_kind)
-                        if mixing:
-                            loss = lam * loss + (1 - lam) * classification_loss(
-                                logits, y[perm], loss_kind)
-                    (loss / split).backward()
-                loss_sum += loss.detach() / split
+                for micro in range(split):
+                    x, y = next(batches)
+                    x = x.to(device, non_blocking=True)
+                    if x.dtype == torch.uint8:  # raw pixels: BiT's scaling, as predict/evaluate do
+                        x = x.float().div_(127.5).sub_(1.0)
+                    y = y.to(device, non_blocking=True)
+                    if config.channels_last:
+                        x = x.contiguous(memory_format=torch.channels_last)
+                    # Gradients of micro-batches accumulate locally; DDP syncs on the last one only.
+                    sync = ddp is None or micro == split - 1
+                    with nullcontext() if sync else ddp.no_sync():
+                        with autocast:
+                            if mixing:  # mix each image with a partner from the same micro-batch
+                                perm = mixup_permutation(len(x), config.seed, step, info.rank,
+                                                         micro).to(device)
+                                x = lam * x + (1 - lam) * x[perm]
+                            logits = net(x)
+                            if step == start and micro == 0:
+                                _check_targets(logits, y, loss_kind)
+                            loss = classification_loss(logits, y, loss_kind)
+                            if mixing:
+                                loss = lam * loss + (1 - lam) * classification_loss(
+                                    logits, y[perm], loss_kind)
+                        (loss / split).backward()
+                    loss_sum += loss.detach() / split
 
-            if config.decay_to_init:  # gradient of decay/2 * ||w - w0||^2 (supplementary A)
-                for p, p0 in zip(model.parameters(), anchor, strict=True):
-                    p.grad.add_(p.detach() - p0, alpha=config.decay_to_init)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+                if config.decay_to_init:  # gradient of decay/2 * ||w - w0||^2 (supplementary A)
+                    for p, p0 in zip(trainable, anchor, strict=True):
+                        if p.grad is not None:  # unused this step: SGD skips it too (as for wd)
+                            p.grad.add_(p.detach() - p0, alpha=config.decay_to_init)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
 
-            # Everything below happens at "sync points" only: reading the loss waits for the
-            # device (and, under DDP, for every rank), so it is not done on every step of a
-            # fast GPU run unless log_every = 1.
-            done, loss_steps = step + 1, loss_steps + 1
-            eval_due = eval_data is not None and config.eval_every and done % config.eval_every == 0
-            ckpt_due = config.checkpoint_every and done % config.checkpoint_every == 0
-            last = done == schedule.total_steps
-            if not (done % config.log_every == 0 or eval_due or ckpt_due or last
-                    or (control.stop_requested and not info.is_distributed)):
-                continue
-            train_loss, stop = _agree(loss_sum, loss_steps, control.stop_requested, device)
-            if not math.isfinite(train_loss):
-                _diverged(emit, done, lr, train_loss, ckpt_path)
-            now = time.perf_counter()
-            emit("step", done, loss=train_loss, lr=lr,
-                 examples_per_s=(done - step_log) * config.batch_size / max(now - t_log, 1e-9))
-            loss_sum.zero_()
-            loss_steps, t_log, step_log = 0, now, done
-            result.step, result.train_loss = done, train_loss
-            if eval_due or (last and eval_data is not None):
-                result.eval = evaluate(model, eval_data, config, loss_kind, device, info)
-                emit("eval", done, **result.eval)
-            if not info.is_distributed:  # one process: an observer's request counts at once
-                stop = control.stop_requested
-            if ckpt_due or last or stop:
-                result.checkpoint = save(done)
-            if stop:
-                result.reason = f"stopped: {control.reason or 'requested on another rank'}"
-                break
+                # Everything below happens at "sync points" only: reading the loss waits for the
+                # device (and, under DDP, for every rank), so it is not done on every step of a
+                # fast GPU run unless log_every = 1.
+                done, loss_steps = step + 1, loss_steps + 1
+                eval_due = eval_data is not None and config.eval_every and done % config.eval_every == 0
+                ckpt_due = config.checkpoint_every and done % config.checkpoint_every == 0
+                last = done == schedule.total_steps
+                if not (done % config.log_every == 0 or eval_due or ckpt_due or last
+                        or (control.stop_requested and not info.is_distributed)):
+                    continue
+                train_loss, stop = _agree(loss_sum, loss_steps, control.stop_requested, device)
+                if not math.isfinite(train_loss):
+                    _diverged(emit, done, lr, train_loss, ckpt_path)
+                now = time.perf_counter()
+                result.step, result.train_loss = done, train_loss
+                emit("step", done, loss=train_loss, lr=lr,
+                     examples_per_s=(done - step_log) * config.batch_size / max(now - t_log, 1e-9))
+                loss_sum.zero_()
+                loss_steps, t_log, step_log = 0, now, done
+                if eval_due or (last and eval_data is not None):
+                    result.eval = evaluate(model, eval_data, config, loss_kind, device, info)
+                    emit("eval", done, **result.eval)
+                if not info.is_distributed:  # one process: an observer's request counts at once
+                    stop = control.stop_requested
+                if ckpt_due or last or stop:
+                    result.checkpoint = save(done)
+                if stop:
+                    result.reason = f"stopped: {control.reason or 'requested on another rank'}"
+                    break
+    except KeyboardInterrupt:
+        # A Jupyter "interrupt kernel" (or Ctrl-C): observers still get an end event, so the
+        # progress bar closes and live monitors stop, then the interrupt goes on up. No
+        # checkpoint: the step in flight is half done; the last periodic one is kept.
+        emit("end", result.step, reason="interrupted")
+        raise
     if result.step == schedule.total_steps and start == schedule.total_steps:
         result.reason = "done (the checkpoint was already at the last step)"
-    emit("end", result.step, reason=result.reason)
+    result.corrupt = _corrupt_report(train_data, info, device)
+    skipped = {}
+    if result.corrupt is not None:
+        skipped = {"corrupt_skipped": result.corrupt.count, "corrupt_ids": result.corrupt.ids}
+    emit("end", result.step, reason=result.reason, **skipped)
+    if result.corrupt is not None and result.corrupt.count and info.is_main:
+        print(f"fit: training data: {result.corrupt}", file=sys.stderr)
     return result
+
+
+def _corrupt_report(data: Dataset, info: DistInfo, device: torch.device,
+                    limit: int = 20) -> CorruptReport | None:
+    """The training data's skipped-unreadable-images report (``bitkit.data.corrupt``), or None
+    for data that cannot have unreadable images.
+
+    Follows wrappers (``Preprocessed.raw``, ``SubsetDataset.parent``, ``Subset.dataset``) to
+    the dataset that holds the flags. Under DDP each rank's loader flags what *it* loaded, so
+    the flags are OR-ed over ranks first (one all-reduce of n bytes at the end of the run).
+    """
+    holder, ds = None, data
+    for _ in range(16):  # wrappers are shallow; a bound, not a loop over a cycle
+        if isinstance(getattr(ds, "corrupt", None), CorruptFlags):
+            holder = ds
+            break
+        ds = next((getattr(ds, a) for a in ("raw", "parent", "dataset")
+                   if getattr(ds, a, None) is not None), None)
+        if ds is None:
+            break
+    report = getattr(data, "corrupt_report", None)
+    if holder is None and report is None:
+        return None
+    if holder is not None and info.is_distributed:
+        flags = holder.corrupt.flags
+        seen = distributed.all_reduce_sum(flags.to(device=device, dtype=torch.int32))
+        flags |= (seen > 0).cpu()
+    try:
+        return report(limit) if report is not None else holder.corrupt_report(limit)
+    except AttributeError:  # a wrapper over data that never has unreadable images
+        return None
 
 
 def _agree(loss_sum: torch.Tensor, steps: int, stop: bool,
@@ -354,41 +409,43 @@ def _diverged(emit: _Emitter, step: int, lr: float, loss: float, ckpt: Path | No
 @torch.no_grad()
 def evaluate(model: nn.Module, data: Dataset, config: TrainConfig, loss_kind: str,
              device: torch.device, info: DistInfo | None = None) -> dict[str, float]:
-    """Loss, top-1 and top-5 accuracy (%) on ``data``; under DDP each rank evaluates its shard.
+    """Mean loss, top-1 and top-5 accuracy (fractions in [0, 1]) on ``data``.
 
-    For multi-hot targets, top-k counts an example as right when any of its labels is in the
-    top k. top-5 is left out when there are 5 classes or fewer (it would always be 100%).
+    The numbers come from :class:`bitkit.evaluate.Accumulator`, the same scoring as
+    ``evaluate.predict``'s :class:`~bitkit.evaluate.Report`, so a run's last eval and a report
+    on the same data agree. Under DDP each rank scores its shard and the sums are all-reduced.
+    Images may be float in [-1, 1] or raw ``uint8`` (scaled like ``predict`` does). Multi-hot
+    targets: top-k counts an example right when any of its labels is in the top k; top-5 is
+    left out with 5 classes or fewer (it would always be 1). ``loss_kind`` is only checked
+    against the targets: the target shape decides the loss, as in ``classification_loss``.
     """
-    shard = Subset(data, distributed.shard_indices(len(data), info or distributed.env_info()))
-    batch = config.eval_batch_size or config.batch_size // config.batch_split
+    info = info or distributed.env_info()
+    shard = Subset(data, distributed.shard_indices(len(data), info))
+    batch = config.eval_batch_size or max(
+        1, config.batch_size // (config.batch_split * info.world_size))
     loader = _loader(shard, config, device, batch_size=batch)
     was_training = model.training
     model.eval()
-    totals = torch.zeros(4, dtype=torch.float64, device=device)  # loss, top1, top5, count
-    num_classes = 0
-    for x, y in loader:
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        if config.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with _autocast(device, config.bf16):
-            logits = model(x).float()
-        num_classes = logits.shape[1]
-        top = logits.topk(min(5, num_classes), dim=1).indices
-        if loss_kind == "sigmoid":
-            hits = y.gather(1, top) > 0
-        else:
-            hits = top == y[:, None]
-        totals += torch.stack([classification_loss(logits, y, loss_kind) * len(x),
-                               hits[:, 0].sum(), hits.any(dim=1).sum(),
-                               torch.tensor(len(x), device=device)]).double()
-    model.train(was_training)
-    loss, top1, top5, count = distributed.all_reduce_sum(totals).tolist()
-    if count == 0:
-        raise ValueError("the evaluation dataset is empty")
-    metrics = {"loss": loss / count, "top1": 100 * top1 / count}
-    if num_classes > 5:
-        metrics["top5"] = 100 * top5 / count
-    return metrics
+    acc = Accumulator(device)
+    dtype = next(model.parameters()).dtype
+    try:
+        for x, y in loader:
+            x = to_model_input(x, device, dtype)
+            if config.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with _autocast(device, config.bf16):
+                logits = model(x).float()
+            if loss_kind == "sigmoid" and y.dim() != 2:
+                raise ValueError("the training data has multi-hot targets but the eval data "
+                                 f"gives class ids (shape {tuple(y.shape)}); use the same kind")
+            try:
+                acc.add(logits, y.to(device, non_blocking=True))
+            except ValueError as e:  # labels that do not fit the head: name the dataset
+                raise ValueError(f"eval_data: {e}") from None
+    finally:
+        model.train(was_training)
+    distributed.all_reduce_sum(acc.totals)
+    return acc.metrics()
 
 
 # ------------------------------------------------------------------------------------------------
@@ -428,6 +485,9 @@ def _loader(data: Dataset, config: TrainConfig, device: torch.device, **kwargs: 
             1, torch.cuda.device_count()))
     # An explicit generator keeps DataLoader from drawing its worker seed from the global RNG,
     # whose state the checkpoint restores: creating a loader must not shift dropout masks.
+    # Workers therefore start from the same RNG state on every rank and after every resume:
+    # random augmentation must not come from it. bitkit's Preprocessed seeds each batch's crops
+    # from its index list instead (bitkit.data.transforms), which differs per step and rank.
     if workers == 0:
         kwargs.pop("persistent_workers", None)
     return DataLoader(data, num_workers=workers, pin_memory=device.type == "cuda",
@@ -519,11 +579,12 @@ def _resume(path: Path, identity: dict[str, Any], model: nn.Module,
         checkpoint.set_rng_state(state["rng"][info.rank])
     else:
         # Data order and gradients do not depend on the world size (StepSampler, GroupNorm);
-        # only dropout/augmentation randomness cannot be carried over rank by rank.
+        # only dropout randomness cannot be carried over rank by rank (bitkit's augmentation
+        # is a function of the batch's indices, see bitkit.data.transforms.Preprocessed).
         _seed_globals(seed, info.rank, step)
         if info.is_main:
             print(f"resuming with {info.world_size} processes from a checkpoint of "
-                  f"{len(state['rng'])}: dropout/augmentation randomness is reseeded",
+                  f"{len(state['rng'])}: dropout randomness is reseeded",
                   file=sys.stderr)
     return step
 

@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
 import re
 import shutil
-import tempfile
 import urllib.error
 import urllib.request
+import zipfile
+import zlib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from bitkit.fileio import atomic_write
 from bitkit.models import CONFIGS, RELEASED_SIZES, ResNetV2
 
 log = logging.getLogger("bitkit.weights")
@@ -132,12 +135,56 @@ class _Source:
     metadata: dict[str, str]
 
     def get(self, name: str) -> torch.Tensor:
-        return self.loaders[name]()
+        # Tensors are read lazily, so a truncated file can fail here, long after opening.
+        try:
+            return self.loaders[name]()
+        except _DAMAGE_ERRORS as e:
+            raise DamagedFile(self.path, e) from e
+
+
+class DamagedFile(ValueError):
+    """A weights file that cannot be read back: truncated, or not what its suffix says.
+
+    The usual cause is an interrupted download (released BiT files are 100 MB to 3.7 GB), and
+    the fix is to download it again, so the message says that instead of the zip or
+    safetensors library's own error.
+    """
+
+    def __init__(self, path: str | os.PathLike, cause: BaseException | str) -> None:
+        why = cause if isinstance(cause, str) else f"{type(cause).__name__}: {cause}"
+        super().__init__(
+            f"{path}: the file is damaged or incomplete (e.g. an interrupted download): "
+            f"download it again ({why})")
+
+
+def _damage_errors() -> tuple[type[BaseException], ...]:
+    errors: list[type[BaseException]] = [zipfile.BadZipFile, OSError, EOFError, zlib.error,
+                                         pickle.UnpicklingError, RuntimeError]
+    try:
+        from safetensors import SafetensorError
+
+        errors.append(SafetensorError)
+    except ImportError:  # pragma: no cover - safetensors is a dependency
+        pass
+    return tuple(errors)
+
+
+#: What reading a truncated or garbled file raises (zip, zlib, numpy, torch, safetensors).
+_DAMAGE_ERRORS = _damage_errors()
+_ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")  # an .npz is a zip archive (or an empty one)
+_NPY_MAGIC = b"\x93NUMPY"
 
 
 def _npz_source(path: str, prefix: str = NPZ_PREFIX) -> _Source:
+    with open(path, "rb") as f:
+        magic = f.read(6)
+    if not magic.startswith(_ZIP_MAGIC) and magic != _NPY_MAGIC:
+        # Not a zip: numpy would fall back to unpickling and blame "pickled data".
+        raise DamagedFile(path, f"it does not start like an .npz (zip) archive: {magic!r}")
     try:
         npz = np.load(path, allow_pickle=False)
+    except _DAMAGE_ERRORS as e:
+        raise DamagedFile(path, e) from e
     except ValueError as e:  # object arrays need pickle: refuse, never unpickle a download
         raise ValueError(f"{path}: not a plain-array .npz ({e}). Released BiT files are.") from e
     if not isinstance(npz, np.lib.npyio.NpzFile):
@@ -161,7 +208,10 @@ def _npz_source(path: str, prefix: str = NPZ_PREFIX) -> _Source:
 def _npz_tensor(npz: np.lib.npyio.NpzFile, key: str, path: str) -> torch.Tensor:
     try:
         array = npz[key]
-    except ValueError as e:  # an object array: loading it would unpickle
+    except ValueError as e:
+        if "pickle" not in str(e):  # numpy's "EOF: reading array data": a truncated member
+            raise DamagedFile(path, e) from e
+        # an object array: loading it would unpickle
         raise ValueError(f"{path}: {key!r} is not a plain numeric array ({e}).") from e
     return torch.from_numpy(np.ascontiguousarray(_hwio_to_oihw(array)))
 
@@ -190,11 +240,25 @@ def _open(path: str | os.PathLike) -> _Source:
     if suffix == ".safetensors":
         from safetensors import safe_open
 
-        f = safe_open(str(p), framework="pt")
+        try:
+            f = safe_open(str(p), framework="pt")
+        except _DAMAGE_ERRORS as e:
+            raise DamagedFile(p, e) from e
         loaders = {k: (lambda k=k: f.get_tensor(k)) for k in f.keys()}
         return _state_dict_source(str(p), loaders, "safetensors", f.metadata() or {})
     if suffix in (".pt", ".pth", ".bin"):
-        obj = torch.load(str(p), map_location="cpu", weights_only=True)
+        try:
+            obj = torch.load(str(p), map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as e:  # weights_only refused to run pickled code
+            with open(p, "rb") as f:
+                is_zip = f.read(4) in _ZIP_MAGIC  # torch.save writes zip archives since 1.6
+            if "weights only" not in str(e).lower() or not is_zip:
+                raise DamagedFile(p, e) from e
+            raise ValueError(f"{p} holds Python objects besides tensors; bitkit only loads plain "
+                             "state dicts (torch.load(weights_only=True)) so a file cannot run "
+                             "code. Save model.state_dict() instead.") from e
+        except _DAMAGE_ERRORS as e:
+            raise DamagedFile(p, e) from e
         if isinstance(obj, dict) and "model" in obj and isinstance(obj["model"], dict):
             obj = obj["model"]  # a bitkit training checkpoint
         if not isinstance(obj, dict):
@@ -376,21 +440,6 @@ def _check_metadata(model: ResNetV2, src: _Source) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-def _atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
-    """Write through a temporary file in the same folder, then rename: never a half file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
-
-
 def save_npz(model: ResNetV2, path: str | os.PathLike, prefix: str = NPZ_PREFIX) -> Path:
     """Write the released layout (TF names, HWIO kernels): loadable by Google's code and timm."""
     if model.norm_kind != "group" or model.conv_kind != "standardized":
@@ -400,11 +449,8 @@ def save_npz(model: ResNetV2, path: str | os.PathLike, prefix: str = NPZ_PREFIX)
         )
     arrays = {tf_name(k, prefix): _oihw_to_hwio(v) for k, v in model.state_dict().items()}
 
-    def write(tmp: str) -> None:
-        with open(tmp, "wb") as f:  # a file object keeps np.savez from appending ".npz"
-            np.savez(f, **arrays)
-
-    return _atomic_write(path, write)
+    # a file object keeps np.savez from appending ".npz"
+    return atomic_write(path, lambda f: np.savez(f, **arrays))
 
 
 def save_safetensors(model: ResNetV2, path: str | os.PathLike, *, timm_names: bool = False) -> Path:
@@ -423,7 +469,7 @@ def save_safetensors(model: ResNetV2, path: str | os.PathLike, *, timm_names: bo
         "conv": model.conv_kind,
         "bitkit_version": __version__,
     }
-    return _atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
+    return atomic_write(path, lambda f: save_file(tensors, f.name, metadata=metadata))
 
 
 def read_metadata(path: str | os.PathLike) -> dict[str, str]:
@@ -474,11 +520,7 @@ def fetch(name: str, cache_dir: str | os.PathLike | None = None,
     try:
         with urllib.request.urlopen(url, timeout=60) as response:
 
-            def write(tmp: str) -> None:
-                with open(tmp, "wb") as f:
-                    shutil.copyfileobj(response, f, length=1 << 20)
-
-            _atomic_write(target, write)
+            atomic_write(target, lambda f: shutil.copyfileobj(response, f, length=1 << 20))
     except (urllib.error.URLError, OSError) as e:
         raise FileNotFoundError(
             f"Could not download {url} ({e}). Download it on a machine with internet access "
@@ -532,7 +574,7 @@ def _cli_convert(args) -> int:
         save_safetensors(model, args.dst, timm_names=args.timm_names)
     elif suffix in (".pt", ".pth"):
         sd = to_timm_state_dict(model) if args.timm_names else model.state_dict()
-        _atomic_write(args.dst, lambda tmp: torch.save(sd, tmp))
+        atomic_write(args.dst, lambda f: torch.save(sd, f))
     else:
         raise ValueError(f"{args.dst}: choose a .npz, .safetensors or .pt output")
     print(f"wrote {args.dst} ({model.name}, {model.num_classes} classes)")

@@ -133,6 +133,10 @@ def test_unknown_name_suggests_closest():
         get_card("cifar-10")
     with pytest.raises(KeyError, match="Unknown dataset 'zzz'"):
         get_card("zzz")
+    # a user mistake (ValueError, caught by run files and the CLI) whose text is the message
+    with pytest.raises(ValueError) as e:
+        get_card("cifar-10")
+    assert str(e.value).startswith("Unknown dataset 'cifar-10'. Did you mean 'cifar10'")
 
 
 def test_user_card_folder_and_cli(tmp_path, monkeypatch, capsys):

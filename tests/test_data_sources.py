@@ -122,3 +122,76 @@ def test_user_mistakes_get_clear_messages(tmp_path):
         load("vtab-dtd", "train")
     with pytest.raises(TypeError, match="only apply to embedded datasets"):
         load("digits", "train", size=10)
+
+
+def test_kshot_picks_only_readable_examples_so_labels_match_the_images(cifar_like):
+    from bitkit.data import kshot
+
+    ds = load("cifar10", "train", path=cifar_like)   # indices 4 (deer) and 5 (dog) are corrupt
+    for seed in range(5):
+        sub = kshot(ds, 2, seed)
+        assert 4 not in sub.indices and 5 not in sub.indices
+        # each item's label is its target: no substitute from another class slipped in
+        assert [sub[i][1] for i in range(len(sub))] == sub.targets.tolist()
+        assert np.bincount(sub.targets, minlength=10).tolist() == [2] * 10
+    assert kshot(ds, 1, 0).indices.tolist() == [i for i in kshot(ds, 2, 0).indices
+                                                if i in kshot(ds, 1, 0).indices]  # nested
+    with pytest.raises(ValueError, match=r"class 'deer' \(id 4\) has 2 readable example\(s\) "
+                                         r"\(1 unreadable skipped\), fewer than k=3"):
+        kshot(ds, 3)
+
+
+def test_fit_reports_skipped_images_at_the_end(cifar_like, tmp_path, capsys):
+    from bitkit.data import SubsetDataset, preprocess
+    from bitkit.events import read_jsonl
+    from bitkit.hyperrule import Schedule
+    from bitkit.models import create
+    from bitkit.train import TrainConfig, fit
+
+    raw = load("cifar10", "train", path=cifar_like)
+    data = preprocess(SubsetDataset(raw, range(30)), train=True, resize=18, crop=16)
+    torch.manual_seed(0)
+    result = fit(create("R14x0.25", num_classes=10), data,
+                 TrainConfig(Schedule(0.1, 1, (), 4), batch_size=8, progress=False),
+                 out_dir=tmp_path)   # 32 draws from 30 examples: both bad ones are hit
+    end = read_jsonl(tmp_path / "metrics.jsonl")[-1]
+    assert end["kind"] == "end" and end["metrics"] == {
+        "corrupt_skipped": 2, "corrupt_ids": ["cifar10:train:4", "cifar10:train:5"]}
+    assert result.corrupt.count == 2
+    assert ("fit: training data: skipped 2 unreadable image(s) of 30: cifar10:train:4, "
+            "cifar10:train:5") in capsys.readouterr().err
+
+
+def test_local_card_counts_classes_over_splits_and_detects_multi_label(tmp_path):
+    root = tmp_path / "plain"
+    root.mkdir()
+    feats = datasets.Features({"image": datasets.Image(), "label": datasets.Value("int64")})
+    for split, labels in (("train", [0, 1, 2, 1]), ("test", [4, 0])):  # class 4: test only
+        datasets.Dataset.from_dict(
+            {"image": [{"bytes": _png((9, 9, 9)), "path": None}] * len(labels), "label": labels},
+            features=feats).to_parquet(str(root / f"{split}-00000.parquet"))
+    train = load(root, "train")
+    assert train.num_classes == 5 and train.card.num_classes == 5 and not train.multi_label
+
+    multi = tmp_path / "multi"
+    multi.mkdir()
+    feats = datasets.Features({"image": datasets.Image(),
+                               "labels": datasets.Sequence(datasets.Value("int64"))})
+    datasets.Dataset.from_dict(
+        {"image": [{"bytes": _png((9, 9, 9)), "path": None}] * 3, "labels": [[0, 3], [1], []]},
+        features=feats).to_parquet(str(multi / "train-00000.parquet"))
+    ds = load(multi, "train")
+    assert ds.multi_label and ds.card.multi_label and ds.num_classes == 4
+    assert ds.targets.tolist() == [[True, False, False, True], [False, True, False, False],
+                                   [False] * 4]
+
+
+def test_a_misspelt_path_suggests_its_siblings(tmp_path):
+    (tmp_path / "cifar10_local").mkdir()
+    (tmp_path / "pets").mkdir()
+    with pytest.raises(FileNotFoundError, match=r"does not exist\. Did you mean "
+                                                r"'.*cifar10_local'\?"):
+        load(str(tmp_path / "cifar10_locl"), "train")
+    with pytest.raises(FileNotFoundError, match=r"not even '.*nofolder' exists; the nearest "
+                                                r"folder that does is"):
+        load(str(tmp_path / "nofolder" / "x"), "train")

@@ -169,10 +169,22 @@ def test_table1_full_dedup_dups():
     logits = np.eye(4, dtype=np.float32)
     report = report_from_logits(logits, np.array([0, 1, 2, 0]), ids=["a", "b", "c", "d"])
     rows = dedup.table1({"toy": report}, {"toy": ["a", "d"]})
-    assert rows == [{"dataset": "toy", "full": 75.0, "dedup": 100.0, "dups": 2, "test_size": 4}]
+    # fractions like every accuracy bitkit returns; the printed table shows percent
+    assert rows == [{"dataset": "toy", "full": 0.75, "dedup": 1.0, "dups": 2, "test_size": 4}]
     text = dedup.format_table1(rows)
     assert "Full" in text and "75.0" in text and "100.0" in text
     with pytest.raises(ValueError, match="not in the report"):
         dedup.table1({"toy": report}, {"toy": ["zz"]})
-    with pytest.raises(KeyError, match="no duplicates given"):
+    with pytest.raises(ValueError, match="no duplicates given"):
         dedup.table1({"toy": report}, {})
+
+
+def test_search_defaults_to_cuda_when_there_is_one(monkeypatch):
+    q = torch.zeros(2, 4)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert dedup.default_device(q) == torch.device("cuda")
+    assert dedup.default_device(q, backend="faiss") == torch.device("cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert dedup.default_device(q) == torch.device("cpu")
+    assert dedup.TopK(np.zeros((2, 4), np.float32)).device == torch.device("cpu")
+

@@ -23,13 +23,50 @@ def _one_thread():
 def test_env_info_reads_torchrun_then_slurm():
     assert env_info({}) == DistInfo(0, 1, 0)
     torchrun = {"RANK": "5", "WORLD_SIZE": "8", "LOCAL_RANK": "1"}
-    slurm = {"SLURM_PROCID": "3", "SLURM_NTASKS": "16", "SLURM_LOCALID": "3"}
+    slurm = {"SLURM_PROCID": "3", "SLURM_NTASKS": "16", "SLURM_LOCALID": "3",
+             "SLURM_STEP_ID": "0", "SLURM_STEP_NUM_TASKS": "16"}  # what srun sets
     assert env_info(torchrun) == DistInfo(5, 8, 1)
     assert env_info(slurm) == DistInfo(3, 16, 3)
     assert env_info({**slurm, **torchrun}) == DistInfo(5, 8, 1)  # torchrun inside sbatch
     # a notebook on a SLURM node (one task) is a single process
     assert env_info({"SLURM_PROCID": "0", "SLURM_NTASKS": "1"}) == DistInfo(0, 1, 0)
     assert DistInfo(0, 2).is_main and not DistInfo(1, 2).is_main
+
+
+def test_a_kernel_inside_an_sbatch_allocation_is_one_process_not_rank_0_of_n():
+    # sbatch --ntasks=4 puts these into the batch script (and a kernel started from it);
+    # no srun step: nobody started the other 3 processes, so waiting for them would hang.
+    sbatch = {"SLURM_JOB_ID": "77", "SLURM_NTASKS": "4", "SLURM_PROCID": "0",
+              "SLURM_LOCALID": "0", "SLURM_JOB_NODELIST": "gpu[1-2]"}
+    assert env_info(sbatch) == DistInfo(0, 1, 0)
+    assert env_info({**sbatch, "SLURM_STEP_ID": "batch"}) == DistInfo(0, 1, 0)
+    # srun --ntasks=1 --pty jupyter ... inside it: a one-task step
+    assert env_info({**sbatch, "SLURM_STEP_ID": "0", "SLURM_STEP_NUM_TASKS": "1"}) == DistInfo()
+    # srun with 4 tasks (old Slurm spells it SLURM_STEPID), or an explicit opt-in
+    assert env_info({**sbatch, "SLURM_STEPID": "0", "SLURM_PROCID": "2"}) == DistInfo(2, 4, 0)
+    assert env_info({**sbatch, "BITKIT_SLURM_DDP": "1"}) == DistInfo(0, 4, 0)
+
+
+def test_rendezvous_gives_up_with_a_message_instead_of_hanging(monkeypatch):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(k, raising=False)
+    monkeypatch.setenv("SLURM_STEP_ID", "0")
+    monkeypatch.setenv("SLURM_STEP_NUM_TASKS", "2")
+    monkeypatch.setenv("SLURM_NTASKS", "2")
+    monkeypatch.setenv("SLURM_PROCID", "0")
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", str(port))
+    monkeypatch.setenv("BITKIT_DIST_TIMEOUT", "2")
+    with pytest.raises(RuntimeError, match=r"rank 0 of 2 could not form the process group at "
+                                           rf"127\.0\.0\.1:{port} within 2 s.*were the others "
+                                           r"started\?.*BITKIT_DIST_TIMEOUT"):
+        distributed.init(backend="gloo")
+    assert "RANK" not in __import__("os").environ  # the environment is left as it was
 
 
 @pytest.mark.parametrize("nodelist, first", [("gpu[003-005,9]", "gpu003"), ("a1,b2", "a1"),
@@ -147,3 +184,21 @@ def test_no_gradient_all_reduce_on_accumulation_micro_steps(tmp_path):
     line = next(x for x in launched.log.read_text().splitlines() if "ALLREDUCE_CALLS" in x)
     split1_calls, split4_calls = json.loads(line.split("ALLREDUCE_CALLS", 1)[1])
     assert split1_calls >= 3 and split4_calls == split1_calls
+
+
+def test_epoch_cache_holds_two_permutations_and_small_datasets_stay_exact():
+    from bitkit.distributed import _epoch_order
+
+    assert _epoch_order.cache_info().maxsize == 2  # 14M-entry permutations: not 8 of them
+    big = StepSampler(100, 30, 50, seed=3)
+    for step in range(50):
+        batch = big.global_batch(step)
+        pos = np.arange(step * 30, (step + 1) * 30)
+        expect = [np.random.default_rng([3, p // 100]).permutation(100)[p % 100] for p in pos]
+        assert batch.tolist() == expect
+    # n < batch: one batch spans several epochs, each a full permutation of its own
+    small = StepSampler(3, 8, 4, seed=1)
+    stream = np.concatenate([np.random.default_rng([1, e]).permutation(3) for e in range(11)])
+    for step in range(4):
+        assert small.global_batch(step).tolist() == stream[step * 8:(step + 1) * 8].tolist()
+

@@ -10,6 +10,7 @@ from torch.utils.data import Dataset
 
 from bitkit import cli, runfile, train
 from bitkit.checkpoint import CheckpointMismatch, load
+from bitkit.evaluate import predict
 from bitkit.events import read_jsonl
 from bitkit.hyperrule import Schedule, hyperrule
 from bitkit.models import create
@@ -148,11 +149,57 @@ def test_eval_metrics_match_a_direct_computation():
     with torch.no_grad():
         logits = m(data.x)
     top5 = logits.topk(5, dim=1).indices
-    assert got["top1"] == pytest.approx(100 * (logits.argmax(1) == data.y).float().mean().item())
-    assert got["top5"] == pytest.approx(100 * (top5 == data.y[:, None]).any(1).float().mean()
-                                        .item())
+    # fractions, like Report.top1 (percent only in display strings)
+    assert got["top1"] == pytest.approx((logits.argmax(1) == data.y).float().mean().item())
+    assert got["top5"] == pytest.approx((top5 == data.y[:, None]).any(1).float().mean().item())
     assert got["loss"] == pytest.approx(torch.nn.functional.cross_entropy(logits, data.y).item(),
                                         rel=1e-5)
+
+
+def test_fit_eval_and_predict_report_agree_and_both_take_uint8():
+    """One scoring for both: fit's eval metrics equal predict's Report (fractions, top-5 only
+    with more than 5 classes), on float and on raw uint8 images alike."""
+    for classes in (3, 8):
+        m, data = model(classes=classes), Images(40, classes=classes, seed=2)
+        fit(m, Images(classes=classes), config(steps=2))
+        got = train.evaluate(m, data, config(), "softmax", torch.device("cpu"))
+        report = predict(m, data, progress=False)
+        assert got["top1"] == pytest.approx(report.top1)
+        assert got["loss"] == pytest.approx(float(report.loss.mean()), rel=1e-5)
+        summary = report.summary()
+        if classes > 5:
+            assert got["top5"] == pytest.approx(report.top5) == pytest.approx(summary["top5"])
+        else:  # top-5 of 3 classes is always 1: neither reports it
+            assert "top5" not in got and "top5" not in summary
+        raw = Images(40, classes=classes, seed=2)
+        raw.x = ((raw.x + 1) * 127.5).round().to(torch.uint8)
+        on_uint8 = train.evaluate(m, raw, config(), "softmax", torch.device("cpu"))
+        assert on_uint8["top1"] == pytest.approx(predict(m, raw, progress=False).top1)
+
+
+def test_eval_labels_outside_the_head_are_named_not_an_index_error():
+    wrong = Images(16, seed=1)
+    wrong.y = torch.arange(16) % 5  # 5 classes, the model has 3
+    with pytest.raises(ValueError, match=r"eval_data: labels span 0\.\.4 but the model has 3 "
+                                         r"outputs.*num_classes"):
+        fit(model(), Images(), config(steps=2), eval_data=wrong)
+
+
+def test_eval_batch_is_the_per_process_micro_batch(monkeypatch):
+    from bitkit.distributed import DistInfo
+
+    sizes = []
+    real = train._loader
+    monkeypatch.setattr(train, "_loader", lambda *a, **kw: sizes.append(kw["batch_size"]) or
+                        real(*a, **kw))
+    m, data, cpu = model(), Images(24, seed=1), torch.device("cpu")
+    cfg = TrainConfig(Schedule(0.1, 1, (), 2), batch_size=16, batch_split=2, progress=False)
+    train.evaluate(m, data, cfg, "softmax", cpu, DistInfo(0, 4))  # 16 / (2 x 4 processes)
+    train.evaluate(m, data, cfg, "softmax", cpu, DistInfo(0, 1))
+    train.evaluate(m, data, cfg, "softmax", cpu, DistInfo(0, 32))  # never below 1
+    cfg.eval_batch_size = 5
+    train.evaluate(m, data, cfg, "softmax", cpu, DistInfo(0, 4))
+    assert sizes == [2, 8, 1, 5]
 
 
 def test_multi_hot_targets_train_with_sigmoid_cross_entropy():
@@ -172,7 +219,7 @@ def test_multi_hot_targets_train_with_sigmoid_cross_entropy():
     final = next(e for e in events if e.kind == "eval").metrics
     assert final["loss"] == pytest.approx(bce.item() / len(test), rel=1e-5)
     top1_hit = targets.gather(1, logits.argmax(1, keepdim=True)).squeeze(1) > 0
-    assert final["top1"] == pytest.approx(100 * top1_hit.float().mean().item())
+    assert final["top1"] == pytest.approx(top1_hit.float().mean().item())
 
 
 def test_weight_decay_and_decay_to_init_pull_the_weights():
@@ -183,6 +230,18 @@ def test_weight_decay_and_decay_to_init_pull_the_weights():
     fit(to_init, Images(), config(steps=5, decay_to_init=2.0))
     assert wd.stages[0].units[0].conv1.weight.norm() < plain.stages[0].units[0].conv1.weight.norm()
     assert (weights(to_init) - start).norm() < (weights(plain) - start).norm()
+
+
+def test_decay_to_init_with_a_frozen_backbone_trains_the_head_only():
+    m = model()
+    for p in m.parameters():
+        p.requires_grad_(False)
+    m.head.weight.requires_grad_(True)
+    m.head.bias.requires_grad_(True)
+    frozen = m.stem.conv.weight.detach().clone()
+    fit(m, Images(), config(steps=3, decay_to_init=0.5))
+    assert torch.equal(m.stem.conv.weight, frozen)
+    assert m.head.weight.abs().sum() > 0  # the zero-initialised head trained
 
 
 def test_dropout_is_set_on_the_penultimate_layer():
@@ -203,6 +262,23 @@ def test_observer_stop_request_checkpoints_and_returns(tmp_path):
     assert (result.step, result.reason) == (3, "stopped: enough")
     assert load(tmp_path / "checkpoint.pt")["step"] == 3
     assert read_jsonl(tmp_path / "metrics.jsonl")[-1]["reason"] == "stopped: enough"
+
+
+def test_a_kernel_interrupt_still_ends_the_run_for_observers(tmp_path):
+    events = []
+
+    def interrupt_at_2(event):
+        events.append(event)
+        if event.kind == "step" and event.step == 2:
+            raise KeyboardInterrupt  # what Jupyter's "interrupt kernel" raises
+
+    bar = train.ProgressBar()
+    with pytest.raises(KeyboardInterrupt):
+        fit(model(), Images(), config(steps=10), out_dir=tmp_path,
+            observers=[bar, interrupt_at_2])
+    assert (events[-1].kind, events[-1].step, events[-1].reason) == ("end", 2, "interrupted")
+    assert bar._bar is None  # the progress bar was closed
+    assert read_jsonl(tmp_path / "metrics.jsonl")[-1]["reason"] == "interrupted"
 
 
 class Poisoned(Images):
@@ -318,3 +394,30 @@ def test_a_run_file_can_name_a_bitkit_dataset(tmp_path):
     raw = runfile.load_data("digits:test", "test")
     assert runfile.prepare(raw, recipe, [20, 16], train=False)[0][0].shape == (3, 16, 16)
     assert runfile.prepare(raw, recipe, "recipe", train=False)[0][0].shape == (3, 128, 128)
+
+
+def test_run_file_user_mistakes_are_messages_not_tracebacks(tmp_path, capsys):
+    base = json.loads(write_run(tmp_path).read_text())
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(json.dumps({**base, "train_data": "digitz:train"}))
+    assert runfile.main(["--config", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "error: Unknown dataset 'digitz'. Did you mean 'digits'" in err and "\"Unknown" not in err
+    bad.write_text(json.dumps({**base, "train_data": "digits:train",
+                               "recipe_args": {"batchsize": 8}}))
+    assert runfile.main(["--config", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert ("recipe_args: unknown argument(s) 'batchsize' (did you mean 'batch_size'?) for "
+            "recipe 'hyperrule'; allowed: ") in err and "image_size" in err
+    bad.write_text(json.dumps({**base, "recipe": "search", "recipe_args": {"trail": 3}}))
+    assert cli.main(["train", "--config", str(bad)]) == 2
+    assert "'trail' (did you mean 'trial'?)" in capsys.readouterr().err
+
+
+def test_cli_prints_a_key_error_message_without_quotes(monkeypatch, capsys):
+    def lookup_fails(_path, observers=()):
+        raise KeyError("no result for 7-shot; have [1, 5]")
+
+    monkeypatch.setattr(runfile, "run", lookup_fails)
+    assert cli.main(["train", "--config", "x.yaml"]) == 2
+    assert capsys.readouterr().err == "bitkit train: error: no result for 7-shot; have [1, 5]\n"

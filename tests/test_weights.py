@@ -184,3 +184,34 @@ def test_cli_info_and_convert(tmp_path, capsys):
     assert _same_state(a, create("R14x0.25", num_classes=10, weights=str(tmp_path / "b.safetensors")))
     assert main(["weights", "info", str(tmp_path / "nope.npz")]) == 2
     assert "No weights file" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("suffix", [".npz", ".safetensors", ".pt"])
+@pytest.mark.parametrize("damage", ["truncated", "cut_early", "random", "empty"])
+def test_damaged_files_say_download_again(tmp_path, suffix, damage):
+    """An interrupted download must not end in BadZipFile / SafetensorError / EOFError, nor in
+    numpy's misleading 'pickled data' (what random bytes in an .npz used to give)."""
+    m = _random_model()
+    good = tmp_path / f"good{suffix}"
+    if suffix == ".npz":
+        weights.save_npz(m, good)
+    elif suffix == ".safetensors":
+        weights.save_safetensors(m, good)
+    else:
+        torch.save(m.state_dict(), good)
+    data = good.read_bytes()
+    bad = tmp_path / f"bad{suffix}"
+    bad.write_bytes({"truncated": data[: len(data) * 2 // 3], "cut_early": data[:200],
+                     "random": np.random.default_rng(0).bytes(5000), "empty": b""}[damage])
+    with pytest.raises(ValueError, match=r"bad\.\w+: the file is damaged or incomplete \(e\.g\. an "
+                                         r"interrupted download\): download it again") as e:
+        weights.load(create("R14x0.25", num_classes=10), bad)
+    assert "pickled" not in str(e.value)
+
+
+def test_a_pt_file_with_python_objects_is_refused_not_called_damaged(tmp_path):
+    from types import SimpleNamespace
+
+    torch.save({"head.bias": SimpleNamespace(a=1)}, tmp_path / "objects.pt")
+    with pytest.raises(ValueError, match="holds Python objects besides tensors"):
+        weights.load(create("R14x0.25"), tmp_path / "objects.pt")

@@ -178,7 +178,7 @@ def test_training_monitor_follows_fit(tmp_path, one_thread, monkeypatch):
     train_x, train_y = monitor.series["train loss"]
     assert train_x == list(range(1, 11)) and train_y[-1] == pytest.approx(result.train_loss)
     assert monitor.series["eval top-1"][0] == [5, 10]
-    assert monitor.series["eval top-1"][1][-1] == pytest.approx(result.eval["top1"])
+    assert monitor.series["eval top-1"][1][-1] == pytest.approx(100 * result.eval["top1"])  # fraction -> %
     fig_x = monitor.figure.data[0].x
     assert list(fig_x) == train_x  # the live figure shows every step
     assert list(monitor.figure.data[2].y) == pytest.approx(monitor.series["learning rate"][1])

@@ -173,10 +173,11 @@ class TrainingMonitor(Panel):
             elif event.kind == "step":
                 self._on_step(event)
             elif event.kind == "eval":
-                for key, name in (("loss", "eval loss"), ("top1", "eval top-1"),
-                                  ("top5", "eval top-5")):
+                # fit reports accuracies as fractions; the chart shows percent.
+                for key, name, scale in (("loss", "eval loss", 1), ("top1", "eval top-1", 100),
+                                         ("top5", "eval top-5", 100)):
                     if key in event.metrics:
-                        self._append(name, event.step, event.metrics[key])
+                        self._append(name, event.step, scale * event.metrics[key])
                 self.redraw()
             elif event.kind == "checkpoint":
                 self.checkpoints.append((event.step, event.path or ""))

@@ -39,6 +39,13 @@ class ImageDataset(Dataset):
         """Class ids ``(n,)`` (``(n, C)`` bool for multi-label) without decoding images."""
         raise NotImplementedError  # pragma: no cover - abstract
 
+    def readable(self, indices: Sequence[int] | np.ndarray) -> np.ndarray:
+        """Bool ``(n,)``: can these examples' images be decoded? Generated and in-memory data
+        always can; file-backed datasets decode them (and flag the bad ones, see
+        ``bitkit.data.corrupt``). Label-based selection (k-shot) keeps only readable examples,
+        so a subset's labels are the labels of the images it really yields."""
+        return np.ones(len(indices), dtype=bool)
+
     @property
     def targets(self) -> np.ndarray:
         """Labels of the whole split (see :meth:`labels`)."""
@@ -95,6 +102,16 @@ class SubsetDataset(ImageDataset):
 
     def labels(self, indices: Sequence[int] | np.ndarray) -> np.ndarray:
         return self.parent.labels(self.indices[np.asarray(indices, dtype=np.int64)])
+
+    def readable(self, indices: Sequence[int] | np.ndarray) -> np.ndarray:
+        return self.parent.readable(self.indices[np.asarray(indices, dtype=np.int64)])
+
+    def corrupt_report(self, limit: int = 20):
+        """The parent's report of skipped unreadable images (see ``bitkit.data.corrupt``)."""
+        report = getattr(self.parent, "corrupt_report", None)
+        if report is None:
+            raise AttributeError(f"{type(self.parent).__name__} never has unreadable images")
+        return report(limit)
 
     def example_id(self, index: int) -> str:
         return self.parent.example_id(int(self.indices[self._check_index(index)]))

@@ -51,6 +51,18 @@ class CardError(ValueError):
     """A card file is malformed; the message names the file, the field and what is expected."""
 
 
+class UnknownDataset(CardError, KeyError):
+    """No card has this name; the message lists the closest names.
+
+    A ``ValueError`` (what ``bitkit`` commands and run files report as a user mistake) that is
+    also a ``KeyError`` for code written when it was one. Its text is the message itself, not
+    ``KeyError``'s quoted repr.
+    """
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
 @dataclass(frozen=True)
 class Source:
     """Where the pixels come from.
@@ -392,7 +404,7 @@ def get_card(name: str) -> DataCard:
     if key not in files:
         close = difflib.get_close_matches(key, list(files), n=3, cutoff=0.5)
         hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
-        raise KeyError(
+        raise UnknownDataset(
             f"Unknown dataset {name!r}.{hint} Run `bitkit cards` to list the {len(files)} known "
             f"datasets, or add data_cards/{key}.yaml."
         )

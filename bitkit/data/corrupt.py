@@ -8,9 +8,16 @@ of one JPEG is unacceptable. The design, and why it works with ``DataLoader`` wo
   passes its handle), so a flag a worker sets is visible to the main process. Each index is
   only written by the worker that loads it: no locks needed.
 - Training (map-style): ``__getitem__`` of an unreadable example flags it and returns the next
-  readable example instead (its own label), so batch shapes and the default ``collate`` stay
-  unchanged and any training loop works unmodified. At the end of an epoch,
-  ``dataset.corrupt_report()`` says how many and which were skipped.
+  readable example instead, *with that example's own label*: the model only ever sees real
+  (image, label) pairs, never an image under another image's label, and batch shapes and the
+  default ``collate`` stay unchanged so any training loop works unmodified. ``labels()`` /
+  ``targets`` keep describing the data as stored (they are read without decoding images), so
+  the skipped example is "skipped and counted", not silently relabelled. ``fit`` reports the
+  count and the first ids at the end of a run (its ``end`` event and stderr);
+  ``dataset.corrupt_report()`` says the same at any time.
+- Label-based selection must not pick a broken example: ``kshot`` keeps the first k *readable*
+  examples of each class (it decodes its candidates, ``dataset.readable``), so a k-shot subset
+  is exactly balanced and its labels are those of the images it yields.
 - Evaluation must not count a substitute twice: call ``dataset.scan()`` first (one pass that
   flags every unreadable example) and evaluate ``dataset.without_corrupt()``.
 - Streaming (``bitkit.data.streaming``): an unreadable record is dropped and counted per worker.

@@ -13,7 +13,7 @@ hyper-parameter selection; :func:`vtab1k_split` draws them from a seed.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -29,12 +29,31 @@ def _class_order(labels: np.ndarray, seed: int, num_classes: int) -> list[np.nda
     return np.split(by_class, np.cumsum(counts)[:-1])
 
 
+def _first_readable(idx: np.ndarray, k: int,
+                    readable: Callable[[np.ndarray], np.ndarray]) -> tuple[np.ndarray, int]:
+    """The first ``k`` of ``idx`` that ``readable`` accepts (checked k at a time), and how many
+    were passed over as unreadable."""
+    picked: list[np.ndarray] = []
+    have, pos = 0, 0
+    while have < k and pos < idx.size:
+        chunk = idx[pos:pos + k - have]
+        good = chunk[np.asarray(readable(chunk), dtype=bool)]
+        picked.append(good)
+        have, pos = have + good.size, pos + chunk.size
+    out = np.concatenate(picked) if picked else idx[:0]
+    return out, pos - out.size
+
+
 def kshot_indices(labels: Sequence[int] | np.ndarray, k: int, seed: int = 0, *,
                   num_classes: int | None = None,
-                  class_names: Sequence[str] | None = None) -> np.ndarray:
+                  class_names: Sequence[str] | None = None,
+                  readable: Callable[[np.ndarray], np.ndarray] | None = None) -> np.ndarray:
     """Indices of a balanced k-shot subset (``k * classes`` of them, sorted).
 
-    Raises ``ValueError`` naming the class when a class has fewer than ``k`` examples.
+    ``readable(indices) -> bool array`` (e.g. ``dataset.readable``) skips examples whose image
+    cannot be decoded: each class takes its first k *readable* examples in the seeded order, so
+    subsets stay balanced and nested. Raises ``ValueError`` naming the class when a class has
+    fewer than ``k`` (readable) examples.
     """
     y = np.asarray(labels)
     if y.ndim != 1:
@@ -49,16 +68,31 @@ def kshot_indices(labels: Sequence[int] | np.ndarray, k: int, seed: int = 0, *,
             name = f"{class_names[c]!r} (id {c})" if class_names is not None else f"id {c}"
             raise ValueError(f"class {name} has {idx.size} example(s), fewer than k={k}; "
                              f"use k <= {min(i.size for i in order)} for this dataset")
-    return np.sort(np.concatenate([idx[:k] for idx in order]))
+    if readable is None:
+        return np.sort(np.concatenate([idx[:k] for idx in order]))
+    chosen = []
+    for c, idx in enumerate(order):
+        good, bad = _first_readable(idx, k, readable)
+        if good.size < k:
+            name = f"{class_names[c]!r} (id {c})" if class_names is not None else f"id {c}"
+            raise ValueError(f"class {name} has {good.size} readable example(s) ({bad} "
+                             f"unreadable skipped), fewer than k={k}; use a smaller k or "
+                             "repair the images (dataset.corrupt_report() lists them)")
+        chosen.append(good)
+    return np.sort(np.concatenate(chosen))
 
 
 def kshot(dataset: ImageDataset, k: int, seed: int = 0) -> SubsetDataset:
-    """A balanced k-shot subset of ``dataset`` (keeps its card, class names and ids)."""
+    """A balanced k-shot subset of ``dataset`` (keeps its card, class names and ids).
+
+    Only readable examples are picked (``dataset.readable``): an unreadable one would be
+    replaced by its neighbour, of another class, when loaded (``bitkit.data.corrupt``)."""
     if dataset.multi_label:
         raise ValueError(f"{dataset.card.name} is multi-label: k-shot subsets need one label "
                          "per example")
     idx = kshot_indices(dataset.targets, k, seed, num_classes=dataset.num_classes,
-                        class_names=dataset.class_names)
+                        class_names=dataset.class_names,
+                        readable=getattr(dataset, "readable", None))
     return SubsetDataset(dataset, idx, tag=f"{k}-shot seed {seed}")
 
 

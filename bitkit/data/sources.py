@@ -9,6 +9,7 @@ a ``save_to_disk`` folder, parquet or arrow files (split from the file or folder
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 from collections.abc import Sequence
@@ -88,6 +89,18 @@ class HFImageDataset(ImageDataset):
             f"{self.example_id(i)}: the data is probably not images or the path is wrong."
         )
 
+    def readable(self, indices: Sequence[int] | np.ndarray) -> np.ndarray:
+        """Decode these examples (flagging the unreadable ones); already flagged ones are not
+        decoded again. Used by k-shot selection, which must not pick an example whose
+        substitute would carry another label."""
+        idx = np.asarray(indices, dtype=np.int64)
+        ok = ~self.corrupt.flags.numpy()[idx]
+        for n, i in enumerate(idx):
+            if ok[n] and self._image(int(i)) is None:
+                self.corrupt.mark(int(i))
+                ok[n] = False
+        return ok
+
     def scan(self, progress: bool = True) -> CorruptReport:
         """Decode every image once and flag the unreadable ones (before evaluation)."""
         for i in tqdm(range(len(self)), desc=f"scan {self.card.name}:{self.split}",
@@ -140,9 +153,9 @@ def open_local(path: str | os.PathLike, split: str) -> Any:
     p = Path(path).expanduser()
     if not p.exists():
         raise FileNotFoundError(
-            f"No dataset at {str(p)!r}: the path does not exist. Give a folder of images "
-            "(imagefolder: <split>/<class>/<image>), parquet or arrow files, or a folder written "
-            "by datasets' save_to_disk."
+            f"No dataset at {str(p)!r}: the path does not exist.{_near_paths(p)} Give a folder "
+            "of images (imagefolder: <split>/<class>/<image>), parquet or arrow files, or a "
+            "folder written by datasets' save_to_disk."
         )
     if (p / "dataset_dict.json").is_file():
         dd = datasets.load_from_disk(str(p))
@@ -168,6 +181,23 @@ def open_local(path: str | os.PathLike, split: str) -> Any:
             from None
 
 
+def _near_paths(p: Path) -> str:
+    """" Did you mean ...?" from the entries of the closest existing parent folder (a misspelt
+    path gets the same help as a misspelt dataset name)."""
+    parent = p.parent
+    while not parent.is_dir() and parent != parent.parent:
+        parent = parent.parent
+    if parent != p.parent:
+        return f" (not even {str(p.parent)!r} exists; the nearest folder that does is " \
+               f"{str(parent)!r})"
+    try:
+        names = sorted(e.name for e in parent.iterdir() if not e.name.startswith("."))
+    except OSError:
+        return ""
+    close = difflib.get_close_matches(p.name, names, n=3, cutoff=0.6)
+    return f" Did you mean {', '.join(repr(str(parent / c)) for c in close)}?" if close else ""
+
+
 def _split_files(files: list[Path], root: Path, split: str) -> list[Path]:
     pattern = re.compile(rf"(^|[/_.-]){re.escape(split)}([/_.-]|$)")
     return [f for f in files if pattern.search(str(f.relative_to(root)))]
@@ -180,7 +210,15 @@ def local_card(path: str | os.PathLike, hf: Any, split: str) -> DataCard:
     name = re.sub(r"[^a-z0-9-]+", "-", Path(path).expanduser().resolve().name.lower()) or "local"
     label_col = _label_column(hf)
     feat = hf.features[label_col]
-    names = getattr(feat, "names", None)
+    multi = _is_sequence(feat)  # a list of labels per example: multi-label
+    inner = (feat[0] if isinstance(feat, list) else getattr(feat, "feature", None)) if multi \
+        else feat
+    names = getattr(inner, "names", None)
+    if names:  # a ClassLabel knows every class, also those missing from this split
+        num_classes = len(names)
+    else:  # plain integers: the largest label of every split we can find, + 1
+        num_classes = 1 + max(_max_label(h[label_col], multi)
+                              for h in [hf, *_other_splits(path, split, label_col)])
     img_col = _find_column(hf, datasets.Image, "image")
     first = decode(hf.cast_column(img_col, datasets.Image(decode=False))[0][img_col]) \
         if len(hf) else None
@@ -189,12 +227,37 @@ def local_card(path: str | os.PathLike, hf: Any, split: str) -> DataCard:
         source=Source(kind="local", local_pattern=str(path), image_column=img_col,
                       label_column=label_col),
         splits={split: split}, eval_split=split,
-        num_classes=len(names) if names else int(np.max(hf[label_col])) + 1,
+        num_classes=num_classes,
         train_size=len(hf), image_size=(first.height, first.width) if first else (1, 1),
-        multi_label=False, flip=True, crop=True, license="unknown (local data)",
+        multi_label=multi, flip=True, crop=True, license="unknown (local data)",
         citation="unknown (local data)", paper=PaperResults(),
         class_names=tuple(names) if names else None, path=str(path),
     )
+
+
+def _is_sequence(feature: Any) -> bool:
+    return isinstance(feature, list) or type(feature).__name__ in ("Sequence", "List", "LargeList")
+
+
+def _max_label(column: Sequence[Any], multi: bool) -> int:
+    values = [v for row in column for v in row] if multi else list(column)
+    return int(max(values)) if values else -1
+
+
+def _other_splits(path: str | os.PathLike, split: str, label_col: str) -> list[Any]:
+    """The other splits at ``path`` (label column only), to count classes over all of them:
+    a class missing from one split must not shrink ``num_classes``."""
+    out = []
+    for other in ("train", "validation", "val", "test"):
+        if other == split:
+            continue
+        try:
+            hf = open_local(path, other)
+        except (ValueError, FileNotFoundError, KeyError):  # no such split: fine
+            continue
+        if label_col in hf.column_names:
+            out.append(hf.select_columns([label_col]))
+    return out
 
 
 def load_hf(card: DataCard, split: str, path: str | os.PathLike | None = None) -> HFImageDataset:

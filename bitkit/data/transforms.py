@@ -17,6 +17,7 @@ torchvision pipeline (``bench/data_pipeline.py`` prints the ratio). ``DataLoader
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -111,13 +112,30 @@ class BiTTransform:
         return out.mul_(1.0 / 127.5).sub_(1.0)
 
 
+def batch_seed(seed: int, indices: Sequence[int]) -> int:
+    """A 64-bit seed from ``seed`` and an ordered list of example indices (BLAKE2b)."""
+    h = hashlib.blake2b(np.asarray(indices, dtype=np.int64).tobytes(), digest_size=8,
+                        key=int(seed).to_bytes(8, "little", signed=True))
+    return int.from_bytes(h.digest(), "little")
+
+
 class Preprocessed(ImageDataset):
     """A raw dataset seen through a :class:`BiTTransform`: items are ``(float tensor
     (3, crop, crop) in [-1, 1], target)``, what ``fit`` consumes. Keeps the raw dataset's card,
-    class names, labels and example ids."""
+    class names, labels and example ids.
 
-    def __init__(self, raw: ImageDataset, transform: BiTTransform):
-        self.raw, self.transform = raw, transform
+    Random crops and flips are a pure function of ``(seed, the batch's index list)``: each call
+    of :meth:`__getitems__` seeds its own generator from a 64-bit hash of both, and never reads
+    a worker's or the process's RNG. Why: ``DataLoader`` workers start from the same RNG state
+    on every DDP rank and again after every resume, so worker-RNG crops would repeat across
+    ranks and replay from step 0 after a restart. ``fit``'s sampler gives every (step, rank,
+    micro-batch, training seed) its own index list, so crops differ wherever they should and
+    are identical for any worker count and after a resume. (A batch repeated with the same
+    indices in the same order gets the same crops; with shuffled epochs that does not happen.)
+    """
+
+    def __init__(self, raw: ImageDataset, transform: BiTTransform, seed: int = 0):
+        self.raw, self.transform, self.seed = raw, transform, int(seed)
         self.card, self.split = raw.card, raw.split
         self.num_classes, self.class_names = raw.num_classes, raw.class_names
         self.multi_label = raw.multi_label
@@ -131,11 +149,17 @@ class Preprocessed(ImageDataset):
     def __getitems__(self, indices: Sequence[int]) -> list[tuple[torch.Tensor, Any]]:
         getitems = getattr(self.raw, "__getitems__", None)
         items = getitems(list(indices)) if getitems else [self.raw[i] for i in indices]
-        images = self.transform([im for im, _ in items])
+        generator = None
+        if self.transform.train:  # eval is deterministic: no generator needed
+            generator = torch.Generator().manual_seed(batch_seed(self.seed, indices))
+        images = self.transform([im for im, _ in items], generator)
         return [(img, target) for img, (_, target) in zip(images, items, strict=True)]
 
     def labels(self, indices: Sequence[int] | np.ndarray) -> np.ndarray:
         return self.raw.labels(indices)
+
+    def readable(self, indices: Sequence[int] | np.ndarray) -> np.ndarray:
+        return self.raw.readable(indices)
 
     def example_id(self, index: int) -> str:
         return self.raw.example_id(index)
@@ -162,8 +186,11 @@ def sizes_for(raw: ImageDataset, resize: int | None, crop: int | None) -> tuple[
 
 
 def preprocess(raw: ImageDataset, train: bool, *, resize: int | None = None,
-               crop: int | None = None) -> Preprocessed:
-    """Wrap a raw dataset with the BiT train or eval transform; flip/crop follow its card."""
+               crop: int | None = None, seed: int = 0) -> Preprocessed:
+    """Wrap a raw dataset with the BiT train or eval transform; flip/crop follow its card.
+
+    ``seed`` varies the random crops/flips (they are a function of the seed and the batch's
+    indices, see :class:`Preprocessed`)."""
     r, c = sizes_for(raw, resize, crop)
     return Preprocessed(raw, BiTTransform(r, c, train, flip=raw.card.flip,
-                                          random_crop=raw.card.crop))
+                                          random_crop=raw.card.crop), seed=seed)
