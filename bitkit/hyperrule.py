@@ -215,9 +215,11 @@ class Recipe:
         with a decision that says so and why."""
         if (resize, crop) == (self.resize, self.crop):
             return self
-        note = Decision("resolution", f"resize to {resize}, crop {crop} instead of "
-                        f"{self.resize}/{self.crop}", why, "Not BiT's resolution: the "
-                        "explanation above is what BiT would use.")
+        before = (f"an Inception-style crop to {self.crop}" if self.resize is None
+                  else f"{self.resize}/{self.crop}")
+        note = Decision("resolution", f"resize to {resize}, crop {crop} instead of {before}",
+                        why, "Not BiT's resolution: the explanation above is what BiT would "
+                        "use.")
         return replace(self, resize=resize, crop=crop, decisions=(*self.decisions, note))
 
 
@@ -461,12 +463,45 @@ def upstream(
         Decision("loss", "softmax CE for single labels, sigmoid CE for multi-hot targets",
                  "ImageNet-21k and JFT are multi-label", "Paper 3.3; fit picks it from the "
                  "target type."),
+        Decision("augmentation", "Inception-style random-resized crop to 224 (8-100% of the "
+                 "area, aspect 3/4-4/3) + random horizontal flip; test: resize to 224",
+                 "upstream pre-training (paper 3.3)", "bitkit.data.transforms."
+                 "InceptionTransform, chosen because resize is None."),
     ]
     return Recipe(
         source=f"BiT-{variant} upstream pre-training on {train_size:,} images",
         schedule=schedule, batch_size=batch_size, batch_split=batch_split, mixup_alpha=0.0,
         weight_decay=UPSTREAM_WEIGHT_DECAY, resize=None, crop=224, decisions=tuple(decisions),
     )
+
+
+def resolution_for(card: Any, recipe: Recipe, resolution: Any = None) -> Recipe:
+    """The recipe at the resolution a run really trains at: the one place that decides it.
+
+    ``resolution``: None (default) uses the card's ``resolution`` when it has one (embedded
+    and teaching cards carry a CPU-sized one) and the recipe's otherwise; ``"recipe"`` always
+    uses the recipe's (BiT's 160/128 or 512/480, or upstream's Inception crop to 224);
+    ``[resize, crop]`` is explicit. Any change is recorded as a decision
+    (:meth:`Recipe.at_resolution`), so a printed recipe says what trained.
+    ``bitkit.experiments`` and run files (``bitkit.runfile``) both call this.
+    """
+    if isinstance(resolution, (list, tuple)):
+        if len(resolution) != 2:
+            raise ValueError(f"resolution must be [resize, crop], not {resolution!r}")
+        resize, crop = (int(v) for v in resolution)
+        if not 0 < crop <= resize:
+            raise ValueError(f"resolution: need 0 < crop <= resize; got {resolution!r}")
+        return recipe.at_resolution(resize, crop, why="given (resolution)")
+    if resolution == "recipe":
+        return recipe
+    if resolution is not None:
+        raise ValueError(f"resolution must be [resize, crop], 'recipe' or absent, not "
+                         f"{resolution!r}")
+    teaching = getattr(card, "resolution", None)
+    if teaching is None:
+        return recipe
+    return recipe.at_resolution(*teaching, why=f"the {getattr(card, 'name', 'dataset')} card's "
+                                "teaching resolution, sized for a CPU")
 
 
 # ------------------------------------------------------------------------------------------------

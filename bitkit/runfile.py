@@ -15,6 +15,7 @@ import inspect
 import os
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,7 @@ from torch.utils.data import Dataset
 
 from bitkit import distributed
 from bitkit.events import Observer
-from bitkit.hyperrule import Recipe
+from bitkit.hyperrule import Recipe, resolution_for
 from bitkit.train import METRICS_FILE, FitResult, TrainConfig, TrainingDiverged, fit
 
 RUN_KEYS = {"model", "weights", "num_classes", "train_data", "eval_data", "out_dir", "recipe",
@@ -70,23 +71,18 @@ def load_data(ref: str, default_split: str) -> Dataset:
 def prepare(raw: Dataset, recipe: Recipe, resolution: Any, *, train: bool) -> Dataset:
     """BiT preprocessing for a named dataset (tensor files pass through unchanged).
 
-    ``resolution``: ``[resize, crop]``, ``"recipe"`` (BiT-HyperRule's 160/128 or 512/480), or
-    None: the card's own teaching resolution when it has one, else the recipe's.
+    ``resolution``: ``[resize, crop]``, ``"recipe"`` (BiT-HyperRule's 160/128 or 512/480, or
+    the upstream recipe's Inception-style crop to 224), or None: the card's own teaching
+    resolution when it has one, else the recipe's. The choice is
+    :func:`bitkit.hyperrule.resolution_for`, the same one ``bitkit.experiments`` makes;
+    :func:`plan` applies it to the recipe first, so the recipe it returns is what trains.
     """
     if isinstance(raw, _TensorFile):
         return raw
     from bitkit import data
 
-    if isinstance(resolution, (list, tuple)):
-        resize, crop = (int(v) for v in resolution)
-    elif resolution == "recipe" or (resolution is None and raw.card.resolution is None):
-        resize, crop = recipe.resize, recipe.crop
-    elif resolution is None:
-        resize = crop = None  # the card's resolution
-    else:
-        raise ValueError(f"resolution must be [resize, crop], 'recipe' or absent, not "
-                         f"{resolution!r}")
-    return data.preprocess(raw, train, resize=resize, crop=crop)
+    recipe = resolution_for(getattr(raw, "card", None), recipe, resolution)
+    return data.preprocess(raw, train, resize=recipe.resize, crop=recipe.crop)
 
 
 class _TensorFile(Dataset):
@@ -160,25 +156,53 @@ def _check_args(kind: str, args: dict[str, Any], allowed: set[str]) -> None:
                          f"{kind!r}; allowed: {', '.join(sorted(allowed))}")
 
 
+@dataclass
+class RunPlan:
+    """What a run file trains: the recipe at the resolution that really trains (print
+    ``recipe.explain()``), the preprocessed data, the config and the number of classes."""
+
+    recipe: Recipe
+    config: TrainConfig
+    train_data: Dataset
+    eval_data: Dataset | None
+    num_classes: int
+
+
+def plan(config: str | os.PathLike | dict[str, Any]) -> RunPlan:
+    """Everything :func:`run` builds before ``fit``, from a run file (or its loaded spec).
+
+    The resolution follows :func:`bitkit.hyperrule.resolution_for`, like
+    ``bitkit.experiments``: the card's teaching resolution is recorded in the recipe (a
+    decision in its explanation), never applied behind its back; eval data uses the training
+    recipe's sizes (test time: resize to the training crop).
+    """
+    spec = config if isinstance(config, dict) else load_run_config(config)
+    raw_train = load_data(str(spec["train_data"]), "train")
+    recipe = recipe_for(spec, raw_train)
+    if not isinstance(raw_train, _TensorFile):
+        recipe = resolution_for(getattr(raw_train, "card", None), recipe, spec.get("resolution"))
+    train_data = prepare(raw_train, recipe, "recipe", train=True)
+    eval_data = None
+    if spec.get("eval_data"):
+        eval_data = prepare(load_data(str(spec["eval_data"]), "test"), recipe, "recipe",
+                            train=False)
+    train_config = TrainConfig.from_recipe(recipe, **spec["train"])
+    num_classes = spec.get("num_classes") or getattr(raw_train, "num_classes", None)
+    if num_classes is None:
+        raise ValueError(f"{spec['train_data']}: set num_classes in the run file (the dataset "
+                         "does not say)")
+    return RunPlan(recipe, train_config, train_data, eval_data, int(num_classes))
+
+
 def run(config_path: str | os.PathLike, observers: Sequence[Observer] = ()) -> FitResult:
-    """Build the model and data a run file describes and ``fit`` them."""
+    """Build the model and data a run file describes (:func:`plan`) and ``fit`` them."""
     from bitkit.models import create
 
     spec = load_run_config(config_path)
-    raw_train = load_data(str(spec["train_data"]), "train")
-    recipe = recipe_for(spec, raw_train)
-    train_data = prepare(raw_train, recipe, spec.get("resolution"), train=True)
-    eval_data = None
-    if spec.get("eval_data"):
-        eval_data = prepare(load_data(str(spec["eval_data"]), "test"), recipe,
-                            spec.get("resolution"), train=False)
-    config = TrainConfig.from_recipe(recipe, **spec["train"])
-    num_classes = spec.get("num_classes") or getattr(raw_train, "num_classes", None)
-    if num_classes is None:
-        raise ValueError(f"{config_path}: set num_classes (the dataset does not say)")
-    torch.manual_seed(config.seed)  # the same seed gives the same initial head and weights
-    model = create(spec["model"], num_classes=int(num_classes), weights=spec.get("weights"))
-    return fit(model, train_data, config, eval_data=eval_data, out_dir=spec["out_dir"],
+    p = plan(spec)
+    torch.manual_seed(p.config.seed)  # the same seed gives the same initial head and weights
+    model = create(spec["model"], num_classes=p.num_classes, weights=spec.get("weights"))
+    return fit(model, p.train_data, p.config, eval_data=p.eval_data, out_dir=spec["out_dir"],
                observers=observers)
 
 

@@ -28,7 +28,7 @@ import os
 import random
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader, Dataset, IterableDataset, Subset
 
 from bitkit import checkpoint, distributed
 from bitkit.data.corrupt import CorruptFlags, CorruptReport
@@ -204,12 +204,25 @@ def fit(
     loss raises :class:`TrainingDiverged` and leaves the last good checkpoint in place.
     Global RNGs are seeded from ``config.seed``: the same seed and config give the same weights
     on CPU. Under ``torchrun`` this process trains its share of each batch with DDP.
+
+    ``train_data`` may also be a stream (a ``torch.utils.data.IterableDataset``, e.g.
+    ``preprocess_stream(ShardStream(...))``) for data too large to index: each process reads
+    its own shards in micro-batches, ``set_epoch(e)`` starts each epoch, and a run resumes at
+    the next epoch's fresh shuffle rather than exactly (see "Streams" below).
     """
     info = distributed.init()
     device = distributed.device_for(info, config.device)
     control = control or RunControl()
     schedule, split = config.schedule, config.batch_split
-    loss_kind = _check_data(train_data, config.loss)
+    streaming = isinstance(train_data, IterableDataset)
+    if isinstance(eval_data, IterableDataset):
+        raise ValueError("eval_data must be a map-style dataset (len and indexing: a held-out "
+                         "split, every example once); streams are for training data")
+    if streaming:  # the first batch decides the loss ('auto') and is checked then
+        _shard_stream(train_data, info, _workers(config, device))
+        loss_kind = config.loss
+    else:
+        loss_kind = _check_data(train_data, config.loss)
     model.to(device)
     if config.channels_last:
         model.to(memory_format=torch.channels_last)
@@ -225,10 +238,11 @@ def fit(
     # Resume when out_dir holds a checkpoint of this run, else start fresh.
     out = Path(out_dir) if out_dir is not None else None
     ckpt_path = out / CHECKPOINT_FILE if out is not None else None
-    identity = _identity(model, config, len(train_data))
-    start = 0
+    identity = _identity(model, config, _data_size(train_data))
+    start, saved_data = 0, None
     if ckpt_path is not None and config.resume and ckpt_path.exists():
-        start = _resume(ckpt_path, identity, model, optimizer, anchor, info, config.seed)
+        start, saved_data = _resume(ckpt_path, identity, model, optimizer, anchor, info,
+                                    config.seed)
     else:
         _seed_globals(config.seed, info.rank, step=0)
 
@@ -237,11 +251,29 @@ def fit(
     net: nn.Module = ddp or model
     if config.compile:
         net = torch.compile(net)
-    sampler = StepSampler(len(train_data), config.batch_size, schedule.total_steps,
-                          seed=config.seed, start_step=start, rank=info.rank,
-                          world_size=info.world_size, batch_split=split)
-    batches = iter(_loader(train_data, config, device, batch_sampler=sampler,
-                           persistent_workers=config.num_workers != 0))
+    position: _StreamPosition | None = None
+    sampler: StepSampler | None = None
+    if streaming:
+        position = _StreamPosition.resumed(saved_data, info)
+        micro = _micro_batch(config, info)
+        batches = _stream_batches(train_data, _loader(train_data, config, device,
+                                                      batch_size=micro, drop_last=True),
+                                  position, micro, info)
+        if start < schedule.total_steps:  # peek: check the first batch, pick the loss
+            try:
+                first = next(batches)
+            except TypeError as e:  # default_collate on PIL images: a raw, unprocessed stream
+                raise ValueError(f"fit could not batch the stream's items ({e}). Wrap a raw "
+                                 "stream with bitkit.data.transforms.preprocess_stream (3xHxW "
+                                 "tensors in [-1, 1]).") from None
+            loss_kind = _check_stream_batch(first, config.loss)
+            batches = _chain(first, batches)
+    else:
+        sampler = StepSampler(len(train_data), config.batch_size, schedule.total_steps,
+                              seed=config.seed, start_step=start, rank=info.rank,
+                              world_size=info.world_size, batch_split=split)
+        batches = iter(_loader(train_data, config, device, batch_sampler=sampler,
+                               persistent_workers=config.num_workers != 0))
     autocast = _autocast(device, config.bf16)
     emit = _Emitter(_observers(out, config, observers) if info.is_main else [], control,
                     schedule.total_steps)
@@ -250,8 +282,10 @@ def fit(
     def save(step: int) -> Path | None:
         if ckpt_path is None:
             return None
-        _save_checkpoint(ckpt_path, step, model, optimizer, anchor, sampler, config, identity,
-                         info)
+        data_state = (position.state() if position is not None
+                      else {**sampler.state_dict(), "step": step})
+        _save_checkpoint(ckpt_path, step, model, optimizer, anchor, data_state, config,
+                         identity, info)
         emit("checkpoint", step, path=str(ckpt_path))
         return ckpt_path
 
@@ -338,7 +372,11 @@ def fit(
         raise
     if result.step == schedule.total_steps and start == schedule.total_steps:
         result.reason = "done (the checkpoint was already at the last step)"
-    result.corrupt = _corrupt_report(train_data, info, device)
+    if streaming:
+        examples = (result.step - start) * config.batch_size
+        result.corrupt = _stream_corrupt_report(train_data, examples, device)
+    else:
+        result.corrupt = _corrupt_report(train_data, info, device)
     skipped = {}
     if result.corrupt is not None:
         skipped = {"corrupt_skipped": result.corrupt.count, "corrupt_ids": result.corrupt.ids}
@@ -346,6 +384,17 @@ def fit(
     if result.corrupt is not None and result.corrupt.count and info.is_main:
         print(f"fit: training data: {result.corrupt}", file=sys.stderr)
     return result
+
+
+def _stream_corrupt_report(stream: IterableDataset, examples: int,
+                           device: torch.device) -> CorruptReport | None:
+    """A stream's unreadable records (``skipped()``), summed over ranks. Streamed records are
+    dropped where they are read, so there are no ids to list, only the count."""
+    counter = getattr(stream, "skipped", None)
+    if counter is None:
+        return None
+    count = int(distributed.all_reduce_sum(torch.tensor([float(counter())], device=device))[0])
+    return CorruptReport(count=count, ids=[], total=examples + count)
 
 
 def _corrupt_report(data: Dataset, info: DistInfo, device: torch.device,
@@ -478,11 +527,15 @@ def _observers(out: Path | None, config: TrainConfig, extra: Sequence[Observer])
     return [*built_in, *extra]
 
 
+def _workers(config: TrainConfig, device: torch.device) -> int:
+    if config.num_workers is not None:
+        return config.num_workers
+    return 0 if device.type == "cpu" else min(8, (os.cpu_count() or 1) // max(
+        1, torch.cuda.device_count()))
+
+
 def _loader(data: Dataset, config: TrainConfig, device: torch.device, **kwargs: Any) -> DataLoader:
-    workers = config.num_workers
-    if workers is None:
-        workers = 0 if device.type == "cpu" else min(8, (os.cpu_count() or 1) // max(
-            1, torch.cuda.device_count()))
+    workers = _workers(config, device)
     # An explicit generator keeps DataLoader from drawing its worker seed from the global RNG,
     # whose state the checkpoint restores: creating a loader must not shift dropout masks.
     # Workers therefore start from the same RNG state on every rank and after every resume:
@@ -534,6 +587,118 @@ def _check_data(data: Dataset, loss: str) -> str:
     return "sigmoid" if multi_hot else "softmax"
 
 
+# ------------------------------------------------------------------------------------------------
+# Streams (IterableDataset): ShardStream, HFStream, preprocess_stream
+# ------------------------------------------------------------------------------------------------
+#
+# A stream has no length and no random access, so StepSampler cannot pick each step's examples.
+# Instead each rank reads its own part of the stream (its shards) in micro-batches, epoch after
+# epoch: set_epoch(e) gives a new shard order and buffer shuffle, and the loop restarts the
+# stream when an epoch runs out. Ranks need not agree on epochs (their shards may differ in
+# size); they only agree on steps. A checkpoint records each rank's epoch and the micro-batches
+# consumed in it. Resuming starts the *next* epoch, a fresh shuffle, instead of replaying the
+# interrupted one: re-reading (and decoding) everything up to the stop point is what an exact
+# resume would cost, and an upstream-scale epoch is hours. So a map-style dataset resumes
+# exactly (the same examples as an uninterrupted run), a stream resumes at a new shuffle and
+# skips the rest of the interrupted epoch's examples (the standard WebDataset behaviour; at
+# upstream scale, one partial epoch of many is noise).
+
+
+class _StreamPosition:
+    """Where this rank is in its stream: the epoch and the micro-batches consumed in it."""
+
+    def __init__(self, epoch: int = 0) -> None:
+        self.epoch, self.batches = epoch, 0
+        self.ranks: list[tuple[int, int]] = []
+
+    @classmethod
+    def resumed(cls, saved: dict[str, Any] | None, info: DistInfo) -> _StreamPosition:
+        """Start of a run: epoch 0, or after a checkpoint the epoch after this rank's last one
+        (all ranks take the epoch after the latest one when the world size changed)."""
+        if not saved or "stream_epochs" not in saved:
+            return cls(0)
+        epochs, used = saved["stream_epochs"], saved["stream_batches"]
+        if len(epochs) == info.world_size:
+            return cls(int(epochs[info.rank]) + (1 if used[info.rank] else 0))
+        return cls(max(int(e) + (1 if u else 0) for e, u in zip(epochs, used, strict=True)))
+
+    def state(self) -> dict[str, Any]:
+        gathered = distributed.all_gather((self.epoch, self.batches))
+        return {"stream_epochs": [int(e) for e, _ in gathered],
+                "stream_batches": [int(b) for _, b in gathered]}
+
+
+def _micro_batch(config: TrainConfig, info: DistInfo) -> int:
+    parts = info.world_size * config.batch_split
+    if config.batch_size % parts:
+        raise ValueError(f"batch_size {config.batch_size} must be divisible by world_size x "
+                         f"batch_split = {info.world_size} x {config.batch_split}: every process "
+                         "and micro-batch gets an equal share")
+    return config.batch_size // parts
+
+
+def _shard_stream(stream: IterableDataset, info: DistInfo, workers: int) -> None:
+    """Make the stream read this rank's part: set its rank/world_size from the process group."""
+    if hasattr(stream, "rank") and hasattr(stream, "world_size"):
+        if (stream.rank, stream.world_size) != (info.rank, info.world_size):
+            stream.rank, stream.world_size = info.rank, info.world_size
+    elif info.is_distributed:
+        raise ValueError(
+            f"{type(stream).__name__} cannot be sharded across the {info.world_size} processes: "
+            "it has no rank/world_size attributes, so every process would train on the same "
+            "examples. Use bitkit.data.streaming.ShardStream or HFStream, or give the stream "
+            "rank and world_size attributes that it reads when iterated.")
+    check = getattr(stream, "check_readers", None)
+    if check is not None:
+        check(workers)
+
+
+def _stream_batches(stream: IterableDataset, loader: DataLoader, position: _StreamPosition,
+                    micro: int, info: DistInfo) -> Iterator[Any]:
+    """Micro-batches forever: each epoch with ``set_epoch(epoch)``, restarted when exhausted."""
+    while True:
+        if hasattr(stream, "set_epoch"):
+            stream.set_epoch(position.epoch)  # before iter(): workers copy the stream then
+        position.batches = 0
+        for batch in loader:
+            position.batches += 1
+            yield batch
+        if position.batches == 0:
+            skipped = getattr(stream, "skipped", None)
+            raise ValueError(
+                f"the training stream gave no micro-batch of {micro} examples in epoch "
+                f"{position.epoch} (rank {info.rank}): it holds fewer examples per process "
+                f"than a micro-batch" + (f", or all were unreadable ({skipped()} skipped)"
+                                         if skipped is not None else "") + ".")
+        position.epoch += 1
+
+
+def _chain(first: Any, rest: Iterator[Any]) -> Iterator[Any]:
+    yield first
+    yield from rest
+
+
+def _check_stream_batch(batch: Any, loss: str) -> str:
+    """Check a stream's first micro-batch (a stream cannot be indexed) and pick the loss."""
+    x, y = batch if isinstance(batch, (tuple, list)) and len(batch) == 2 else (batch, None)
+    if not (torch.is_tensor(x) and x.dim() == 4 and x.shape[1] == 3 and torch.is_tensor(y)):
+        got = getattr(x, "shape", type(x).__name__)
+        raise ValueError(f"fit needs stream items (image tensor 3xHxW, target); the first "
+                         f"batch holds {got!r}. Wrap a raw stream with "
+                         "bitkit.data.transforms.preprocess_stream (3xHxW tensors in [-1, 1]).")
+    if loss != "auto":
+        return loss
+    return "sigmoid" if y.is_floating_point() and y.dim() == 2 else "softmax"
+
+
+def _data_size(data: Dataset) -> int | str:
+    """The dataset's size for the run identity; a stream has none, so its shard count."""
+    if not isinstance(data, IterableDataset):
+        return len(data)
+    shards = getattr(data, "shards", None)
+    return f"stream of {len(shards)} shards" if shards is not None else "stream"
+
+
 def _check_targets(logits: torch.Tensor, y: torch.Tensor, loss_kind: str) -> None:
     classes = logits.shape[1]
     if loss_kind == "softmax" and (y.min() < 0 or y.max() >= classes):
@@ -545,7 +710,7 @@ def _check_targets(logits: torch.Tensor, y: torch.Tensor, loss_kind: str) -> Non
                          f"{classes} outputs; use model.reset_head({y.shape[1]})")
 
 
-def _identity(model: nn.Module, config: TrainConfig, dataset_size: int) -> dict[str, Any]:
+def _identity(model: nn.Module, config: TrainConfig, dataset_size: int | str) -> dict[str, Any]:
     """What this run *is*: compared with a checkpoint's before resuming from it."""
     name = getattr(model, "name", type(model).__name__)
     return {"model": name, "parameters": checkpoint.parameter_shapes(model),
@@ -553,13 +718,13 @@ def _identity(model: nn.Module, config: TrainConfig, dataset_size: int) -> dict[
 
 
 def _save_checkpoint(path: Path, step: int, model: nn.Module, optimizer: torch.optim.Optimizer,
-                     anchor: list[torch.Tensor], sampler: StepSampler, config: TrainConfig,
-                     identity: dict[str, Any], info: DistInfo) -> None:
+                     anchor: list[torch.Tensor], data_state: dict[str, Any],
+                     config: TrainConfig, identity: dict[str, Any], info: DistInfo) -> None:
     rng = distributed.all_gather(checkpoint.rng_state())  # every rank's dropout/augment RNG
     if info.is_main:
         checkpoint.save(path, {
             "step": step, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-            "anchor": anchor, "rng": rng, "data": {**sampler.state_dict(), "step": step},
+            "anchor": anchor, "rng": rng, "data": {**data_state, "step": step},
             "config": config.to_dict(), "identity": identity,
         })
     distributed.barrier()  # nobody runs ahead (or exits) before the file is complete
@@ -567,7 +732,7 @@ def _save_checkpoint(path: Path, step: int, model: nn.Module, optimizer: torch.o
 
 def _resume(path: Path, identity: dict[str, Any], model: nn.Module,
             optimizer: torch.optim.Optimizer, anchor: list[torch.Tensor], info: DistInfo,
-            seed: int) -> int:
+            seed: int) -> tuple[int, dict[str, Any]]:
     state = checkpoint.load(path)
     checkpoint.check_compatible(state["identity"], identity, path)
     model.load_state_dict(state["model"])
@@ -586,7 +751,7 @@ def _resume(path: Path, identity: dict[str, Any], model: nn.Module,
             print(f"resuming with {info.world_size} processes from a checkpoint of "
                   f"{len(state['rng'])}: dropout randomness is reseeded",
                   file=sys.stderr)
-    return step
+    return step, state.get("data") or {}
 
 
 if __name__ == "__main__":  # the torchrun entry point: python -m bitkit.train --config run.yaml

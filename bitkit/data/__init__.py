@@ -10,10 +10,16 @@ from bitkit.data.cards import CardError, DataCard, get_card, list_cards
 from bitkit.data.corrupt import CorruptReport
 from bitkit.data.fewshot import kshot, kshot_family, kshot_indices, vtab1k_split
 from bitkit.data.loading import load
-from bitkit.data.transforms import BiTTransform, Preprocessed, preprocess
+from bitkit.data.transforms import (
+    BiTTransform,
+    InceptionTransform,
+    Preprocessed,
+    preprocess,
+    preprocess_stream,
+)
 
 __all__ = [
-    "BiTTransform", "CardError", "CorruptReport", "DataCard", "ImageDataset", "Preprocessed",
-    "SubsetDataset", "get_card", "kshot", "kshot_family", "kshot_indices", "list_cards", "load",
-    "preprocess", "vtab1k_split",
+    "BiTTransform", "CardError", "CorruptReport", "DataCard", "ImageDataset",
+    "InceptionTransform", "Preprocessed", "SubsetDataset", "get_card", "kshot", "kshot_family",
+    "kshot_indices", "list_cards", "load", "preprocess", "preprocess_stream", "vtab1k_split",
 ]

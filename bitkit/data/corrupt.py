@@ -46,6 +46,8 @@ class CorruptReport:
     def __str__(self) -> str:
         if not self.count:
             return f"no unreadable images among {self.total:,}"
+        if not self.ids:  # streamed records are dropped where they are read: no ids
+            return f"skipped {self.count:,} unreadable image(s) of {self.total:,}"
         more = f" (first {len(self.ids)} listed)" if len(self.ids) < self.count else ""
         return (f"skipped {self.count:,} unreadable image(s) of {self.total:,}{more}: "
                 + ", ".join(self.ids))

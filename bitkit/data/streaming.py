@@ -131,10 +131,29 @@ class ShardStream(IterableDataset):
         """Unreadable records dropped so far, summed over DataLoader workers."""
         return int(self._skipped.sum())
 
+    def check_readers(self, num_workers: int) -> None:
+        """Fail when some process would read no shard at all.
+
+        Shards are dealt to (rank, DataLoader worker) readers, ``world_size x workers`` of
+        them; with fewer shards than readers the last ranks get nothing, yield no batch, and
+        under DDP the other ranks wait for them in the gradient all-reduce forever. One process
+        with idle workers is harmless (its other workers read everything), so only
+        ``world_size > 1`` is an error.
+        """
+        readers = self.world_size * max(1, num_workers)
+        if self.world_size > 1 and len(self.shards) < readers:
+            raise ValueError(
+                f"{len(self.shards)} shard(s) for {self.world_size} process(es) x "
+                f"{max(1, num_workers)} DataLoader worker(s) = {readers} readers: some processes "
+                f"would get no data and distributed training would hang. Write at least "
+                f"{readers} shards (write_shards with a smaller shard_size), or use fewer "
+                f"DataLoader workers (num_workers) or processes.")
+
     def my_shards(self) -> list[str]:
         """The shards this (rank, worker) reads this epoch: a seeded shuffle dealt round-robin."""
         info = get_worker_info()
         wid, nw = (info.id, info.num_workers) if info else (0, 1)
+        self.check_readers(nw)
         order = list(self.shards)
         if self.buffer_size > 0:
             perm = np.random.default_rng([self.seed, self.epoch]).permutation(len(order))
@@ -182,13 +201,15 @@ class ShardStream(IterableDataset):
 class HFStream(IterableDataset):
     """Raw ``(PIL image, target)`` pairs from an HF streaming dataset (hub id, or local parquet
     ``data_files``). ``datasets`` shuffles shard order and a buffer (``buffer_size``) and deals
-    shards to DataLoader workers; ``rank``/``world_size`` split it across processes. Call
-    ``set_epoch(e)`` each epoch. Unreadable images are skipped and counted (``skipped()``)."""
+    shards to DataLoader workers; ``rank``/``world_size`` split it across processes (they may
+    be changed before iterating; ``fit`` sets them under DDP). Call ``set_epoch(e)`` each epoch.
+    Targets are class ids, or multi-hot float vectors over the card's classes when the card is
+    multi-label (as ``bitkit.data.load`` and ``ShardStream`` give them, and as sigmoid CE
+    needs). Unreadable images are skipped and counted (``skipped()``)."""
 
     def __init__(self, card: DataCard, split: str, *, data_files: str | Sequence[str] | None = None,
                  buffer_size: int = 1000, seed: int = 0, rank: int = 0, world_size: int = 1):
         import datasets
-        from datasets.distributed import split_dataset_by_node
 
         src = card.splits[split]
         if data_files is not None:
@@ -199,20 +220,46 @@ class HFStream(IterableDataset):
                                        streaming=True)
         else:
             raise ValueError(f"{card.name} has no hub copy; pass data_files=... (local parquet)")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"need 0 <= rank < world_size; got rank={rank}, "
+                             f"world_size={world_size}")
         self.image_column = card.source.image_column or "image"
         self.label_column = card.source.label_column or "label"
         ds = ds.cast_column(self.image_column, datasets.Image(decode=False))
         if buffer_size > 0:
             ds = ds.shuffle(seed=seed, buffer_size=buffer_size)
-        self.hf = split_dataset_by_node(ds, rank, world_size) if world_size > 1 else ds
-        self.card = card
+        self._ds = ds
+        self.card, self.num_classes = card, card.num_classes
+        self.multi_label = bool(card.multi_label)
+        self.rank, self.world_size, self.epoch = rank, world_size, 0
         self._skipped = torch.zeros(_MAX_WORKERS, dtype=torch.int64).share_memory_()
 
+    @property
+    def hf(self) -> Any:
+        """The ``datasets.IterableDataset`` this process reads (its node's split, this epoch)."""
+        from datasets.distributed import split_dataset_by_node
+
+        ds = (split_dataset_by_node(self._ds, self.rank, self.world_size)
+              if self.world_size > 1 else self._ds)
+        ds.set_epoch(self.epoch)
+        return ds
+
     def set_epoch(self, epoch: int) -> None:
-        self.hf.set_epoch(epoch)
+        self.epoch = int(epoch)
 
     def skipped(self) -> int:
         return int(self._skipped.sum())
+
+    def _target(self, label: Any) -> Any:
+        if not self.multi_label:
+            return int(label)
+        hot = torch.zeros(self.num_classes)
+        ids = [label] if isinstance(label, int) else list(label)
+        if ids and not all(0 <= int(i) < self.num_classes for i in ids):
+            raise ValueError(f"{self.card.name}: label ids {ids} outside the card's "
+                             f"{self.num_classes} classes")
+        hot[ids] = 1.0
+        return hot
 
     def __iter__(self) -> Iterator[tuple[Image.Image, Any]]:
         info = get_worker_info()
@@ -222,4 +269,4 @@ class HFStream(IterableDataset):
             if image is None:
                 self._skipped[wid] += 1
                 continue
-            yield image, ex[self.label_column]
+            yield image, self._target(ex[self.label_column])

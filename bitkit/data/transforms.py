@@ -18,7 +18,8 @@ torchvision pipeline (``bench/data_pipeline.py`` prints the ratio). ``DataLoader
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+import math
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from torch.utils.data import IterableDataset, get_worker_info
 
 from bitkit.data.base import ImageDataset
 
@@ -106,10 +108,110 @@ class BiTTransform:
         return torch.stack(views)
 
     def _to_float(self, batch: torch.Tensor) -> torch.Tensor:
-        """uint8 -> float32 in [-1, 1], contiguous, in one conversion pass."""
-        out = torch.empty(batch.shape, dtype=torch.float32)
-        out.copy_(batch)
-        return out.mul_(1.0 / 127.5).sub_(1.0)
+        return _to_float(batch)
+
+
+@dataclass(frozen=True)
+class InceptionTransform:
+    """The upstream pre-training transform (paper 3.3: "Inception-style crop to 224 + random
+    flip"): a random-resized crop, resized to ``crop x crop``, then a random horizontal flip.
+
+    The crop box is drawn like torchvision's ``RandomResizedCrop`` (Szegedy et al., 2015): an
+    area fraction uniform in ``scale`` (8-100% of the image) and an aspect ratio log-uniform in
+    ``ratio`` (3/4-4/3); 10 tries for a box that fits, else the central crop of the largest box
+    within the ratio limits. Eval (``train=False``): resize to ``crop``, as for BiT's test time.
+    ``random_crop=False`` (a card that forbids crops) resizes the whole image instead. All the
+    randomness comes from ``generator`` (see :class:`Preprocessed` for why), pixels end in
+    [-1, 1]. Unlike :class:`BiTTransform` each box has its own size, so the resize runs per
+    image; the uint8 -> float conversion still runs once per batch.
+    """
+
+    crop: int
+    train: bool
+    flip: bool = True
+    random_crop: bool = True
+    scale: tuple[float, float] = (0.08, 1.0)
+    ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    attempts: int = 10
+
+    def __post_init__(self) -> None:
+        if self.crop < 1:
+            raise ValueError(f"crop must be positive, got {self.crop}")
+        if not (0 < self.scale[0] <= self.scale[1] <= 1 and 0 < self.ratio[0] <= self.ratio[1]):
+            raise ValueError(f"need 0 < scale[0] <= scale[1] <= 1 and 0 < ratio[0] <= ratio[1]; "
+                             f"got scale={self.scale}, ratio={self.ratio}")
+
+    def boxes(self, sizes: Sequence[tuple[int, int]],
+              generator: torch.Generator | None = None) -> list[tuple[int, int, int, int]]:
+        """``(top, left, height, width)`` of the crop box of each image of size ``(H, W)``."""
+        n, k = len(sizes), self.attempts
+        u = torch.rand(n, k, 2, generator=generator, dtype=torch.float64).tolist()
+        pos = torch.rand(n, k, 2, generator=generator, dtype=torch.float64).tolist()
+        lo_r, hi_r = math.log(self.ratio[0]), math.log(self.ratio[1])
+        out = []
+        for (h_img, w_img), draws, where in zip(sizes, u, pos, strict=True):
+            area = h_img * w_img
+            for (a, r), (pi, pj) in zip(draws, where, strict=True):
+                target = area * (self.scale[0] + a * (self.scale[1] - self.scale[0]))
+                aspect = math.exp(lo_r + r * (hi_r - lo_r))
+                w = int(round(math.sqrt(target * aspect)))
+                h = int(round(math.sqrt(target / aspect)))
+                if 0 < w <= w_img and 0 < h <= h_img:
+                    out.append((int(pi * (h_img - h + 1)), int(pj * (w_img - w + 1)), h, w))
+                    break
+            else:  # no draw fitted: the central crop within the ratio limits (as torchvision)
+                in_ratio = w_img / h_img
+                if in_ratio < self.ratio[0]:
+                    w, h = w_img, int(round(w_img / self.ratio[0]))
+                elif in_ratio > self.ratio[1]:
+                    h, w = h_img, int(round(h_img * self.ratio[1]))
+                else:
+                    h, w = h_img, w_img
+                out.append(((h_img - h) // 2, (w_img - w) // 2, h, w))
+        return out
+
+    def __call__(self, images: Sequence[Any] | torch.Tensor,
+                 generator: torch.Generator | None = None) -> torch.Tensor:
+        """Float32 ``(B, 3, crop, crop)`` in [-1, 1] from PIL images or uint8 tensors."""
+        if isinstance(images, torch.Tensor) and images.ndim == 4:
+            tensors = list(images)
+        else:
+            tensors = [to_uint8(im) for im in images]
+        n = len(tensors)
+        if not (self.train and self.random_crop):
+            if len({t.shape for t in tensors}) == 1:
+                batch = _resize(torch.stack(tensors), self.crop)
+            else:
+                batch = torch.cat([_resize(t[None], self.crop) for t in tensors])
+        else:
+            boxes = self.boxes([tuple(t.shape[-2:]) for t in tensors], generator)
+            batch = torch.cat([_resize(t[None, :, i:i + h, j:j + w], self.crop)
+                               for t, (i, j, h, w) in zip(tensors, boxes, strict=True)])
+        if self.train and self.flip:
+            flip = torch.rand(n, generator=generator) < 0.5
+            if flip.any():
+                batch = torch.where(flip[:, None, None, None], batch.flip(-1), batch)
+        return _to_float(batch)
+
+
+def _to_float(batch: torch.Tensor) -> torch.Tensor:
+    """uint8 -> float32 in [-1, 1], contiguous, in one conversion pass."""
+    out = torch.empty(batch.shape, dtype=torch.float32)
+    out.copy_(batch)
+    return out.mul_(1.0 / 127.5).sub_(1.0)
+
+
+Transform = BiTTransform | InceptionTransform
+
+
+def transform_for(train: bool, resize: int | None, crop: int, *, flip: bool = True,
+                  random_crop: bool = True) -> Transform:
+    """BiT's fine-tuning transform for ``resize``/``crop``; the upstream Inception-style one
+    when ``resize`` is None (``hyperrule.upstream`` gives ``resize=None, crop=224``: upstream
+    training crops a random box of any size and aspect, there is no fixed resize first)."""
+    if resize is None:
+        return InceptionTransform(crop, train, flip=flip, random_crop=random_crop)
+    return BiTTransform(resize, crop, train, flip=flip, random_crop=random_crop)
 
 
 def batch_seed(seed: int, indices: Sequence[int]) -> int:
@@ -134,7 +236,8 @@ class Preprocessed(ImageDataset):
     indices in the same order gets the same crops; with shuffled epochs that does not happen.)
     """
 
-    def __init__(self, raw: ImageDataset, transform: BiTTransform, seed: int = 0):
+    def __init__(self, raw: ImageDataset, transform: BiTTransform | InceptionTransform,
+                 seed: int = 0):
         self.raw, self.transform, self.seed = raw, transform, int(seed)
         self.card, self.split = raw.card, raw.split
         self.num_classes, self.class_names = raw.num_classes, raw.class_names
@@ -172,25 +275,125 @@ class Preprocessed(ImageDataset):
         return report(limit)
 
 
-def sizes_for(raw: ImageDataset, resize: int | None, crop: int | None) -> tuple[int, int]:
-    """Explicit sizes, else the card's ``resolution``; else ask for HyperRule's numbers."""
-    if resize is not None and crop is not None:
+def sizes_for(raw: Any, resize: int | None, crop: int | None) -> tuple[int | None, int]:
+    """Explicit sizes; or ``crop`` alone (the upstream Inception-style crop, ``resize=None``);
+    else the card's ``resolution``; else ask for HyperRule's numbers."""
+    card = getattr(raw, "card", None)
+    if crop is not None:
         return resize, crop
-    if raw.card.resolution is not None and resize is None and crop is None:
-        return raw.card.resolution
+    if resize is None and card is not None and card.resolution is not None:
+        return card.resolution
+    name = card.name if card is not None else type(raw).__name__
     raise ValueError(
-        f"{raw.card.name}: give both resize= and crop= (BiT-HyperRule: "
-        f"bitkit.hyperrule gives 160/128 below 96x96 pixels, else 512/480), or set "
-        f"'resolution: [resize, crop]' in its card"
+        f"{name}: give both resize= and crop= (BiT-HyperRule: bitkit.hyperrule gives 160/128 "
+        f"below 96x96 pixels, else 512/480), crop= alone for the upstream Inception-style crop "
+        f"(hyperrule.upstream: crop 224), or set 'resolution: [resize, crop]' in its card"
     )
 
 
-def preprocess(raw: ImageDataset, train: bool, *, resize: int | None = None,
-               crop: int | None = None, seed: int = 0) -> Preprocessed:
+def preprocess(raw: ImageDataset | IterableDataset, train: bool, *, resize: int | None = None,
+               crop: int | None = None, seed: int = 0) -> Preprocessed | PreprocessedStream:
     """Wrap a raw dataset with the BiT train or eval transform; flip/crop follow its card.
 
-    ``seed`` varies the random crops/flips (they are a function of the seed and the batch's
-    indices, see :class:`Preprocessed`)."""
+    Sizes: ``resize`` and ``crop`` give BiT's fine-tuning transform (square resize, random
+    crop, flip); ``crop`` alone (``resize=None``, what ``hyperrule.upstream`` returns) gives
+    the upstream :class:`InceptionTransform` (random-resized crop to ``crop`` + flip); neither
+    gives the card's teaching ``resolution``. ``seed`` varies the random crops/flips (a
+    function of the seed and the batch's indices, see :class:`Preprocessed`). A stream
+    (``torch.utils.data.IterableDataset``, e.g. ``bitkit.data.streaming.ShardStream``) gets
+    :func:`preprocess_stream`.
+    """
+    card = getattr(raw, "card", None)
+    flip, random_crop = (card.flip, card.crop) if card is not None else (True, True)
+    if isinstance(raw, IterableDataset):
+        return preprocess_stream(raw, train, resize=resize, crop=crop, flip=flip,
+                                 random_crop=random_crop, seed=seed)
     r, c = sizes_for(raw, resize, crop)
-    return Preprocessed(raw, BiTTransform(r, c, train, flip=raw.card.flip,
-                                          random_crop=raw.card.crop), seed=seed)
+    return Preprocessed(raw, transform_for(train, r, c, flip=flip, random_crop=random_crop),
+                        seed=seed)
+
+
+# ------------------------------------------------------------------------------------------------
+# Streams
+# ------------------------------------------------------------------------------------------------
+
+
+class PreprocessedStream(IterableDataset):
+    """A raw stream of ``(image, target)`` pairs seen through a BiT transform.
+
+    Images are transformed ``chunk`` at a time (the batched path of the transform) and yielded
+    one by one, so a ``DataLoader`` batches them as usual. Augmentation is a pure function of
+    ``(seed, epoch, rank, DataLoader worker, chunk position)``: like :class:`Preprocessed` it
+    never reads a worker's RNG (the same on every rank and after every resume), and it differs
+    per epoch, per process and per worker. ``set_epoch``, ``rank``/``world_size`` and
+    ``skipped()`` pass through to the raw stream, which ``fit`` uses to shard and restart it.
+    """
+
+    def __init__(self, raw: IterableDataset, transform: Transform, seed: int = 0,
+                 chunk: int = 64):
+        if chunk < 1:
+            raise ValueError(f"chunk must be >= 1, got {chunk}")
+        self.raw, self.transform, self.seed, self.chunk = raw, transform, int(seed), chunk
+        self.epoch = 0
+        self.card = getattr(raw, "card", None)
+        self.num_classes = getattr(raw, "num_classes", None)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+        if hasattr(self.raw, "set_epoch"):
+            self.raw.set_epoch(epoch)
+
+    def skipped(self) -> int:
+        """Unreadable records the raw stream dropped (0 when it cannot tell)."""
+        counter = getattr(self.raw, "skipped", None)
+        return int(counter()) if counter is not None else 0
+
+    def __getattr__(self, name: str) -> Any:
+        # rank, world_size, shards, check_readers, ...: whatever the raw stream offers.
+        # (__getattr__ only runs for names the wrapper itself lacks.)
+        if name == "raw" or name.startswith("__"):  # unpickling (DataLoader workers), copies
+            raise AttributeError(name)
+        return getattr(self.raw, name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in ("rank", "world_size"):  # sharding belongs to the raw stream
+            setattr(self.raw, name, value)
+        else:
+            super().__setattr__(name, value)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, Any]]:
+        info = get_worker_info()
+        worker = info.id if info else 0
+        rank = int(getattr(self.raw, "rank", 0))
+        pending: list[tuple[Any, Any]] = []
+        position = 0
+        for item in self.raw:
+            pending.append(item)
+            if len(pending) == self.chunk:
+                yield from self._apply(pending, (self.epoch, rank, worker, position))
+                pending, position = [], position + 1
+        if pending:
+            yield from self._apply(pending, (self.epoch, rank, worker, position))
+
+    def _apply(self, items: list[tuple[Any, Any]], where: tuple[int, ...]) -> list[
+            tuple[torch.Tensor, Any]]:
+        generator = None
+        if self.transform.train:
+            generator = torch.Generator().manual_seed(batch_seed(self.seed, where))
+        images = self.transform([im for im, _ in items], generator)
+        return [(img, target) for img, (_, target) in zip(images, items, strict=True)]
+
+
+def preprocess_stream(stream: IterableDataset, train: bool, *, resize: int | None = None,
+                      crop: int | None = None, flip: bool = True, random_crop: bool = True,
+                      seed: int = 0, chunk: int = 64) -> PreprocessedStream:
+    """Wrap a raw stream (``ShardStream``, ``HFStream``) with the BiT train or eval transform.
+
+    Sizes as in :func:`preprocess` (``crop`` alone: the upstream Inception-style crop; neither:
+    the stream's card's ``resolution`` when it has a card). ``flip``/``random_crop`` are the
+    permissions (a stream without a card cannot say; pass them). ``chunk`` images are
+    transformed together.
+    """
+    r, c = sizes_for(stream, resize, crop)
+    return PreprocessedStream(stream, transform_for(train, r, c, flip=flip,
+                                                    random_crop=random_crop), seed, chunk)
