@@ -12,6 +12,7 @@ interrupted pre-training resumes from its last checkpoint the next time it is as
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import json
 import os
@@ -24,8 +25,10 @@ import torch
 from torch.utils.data import Dataset
 
 from bitkit import __version__, data, hyperrule, weights
+from bitkit.data import world
 from bitkit.evaluate import Report, predict
 from bitkit.events import Observer, RunControl
+from bitkit.fileio import atomic_write_text
 from bitkit.hyperrule import Recipe
 from bitkit.models import ResNetV2, create
 from bitkit.train import FitResult, TrainConfig, fit
@@ -54,6 +57,8 @@ def pretrain(
     batch_size: int = 128,
     variant: str = "S",
     seed: int = 0,
+    base_lr: float | None = None,
+    path: str | os.PathLike | None = None,
     cache_dir: str | os.PathLike | None = None,
     observers: Sequence[Observer] = (),
     control: RunControl | None = None,
@@ -65,13 +70,33 @@ def pretrain(
     The upstream schedule of BiT-``variant`` (lr 0.03 x batch/256, warm-up, decays at 30/60/80
     of 90 epochs, weight decay 1e-4) compressed to ``steps``. The result is cached under
     ``cache_dir`` by every setting that changes the weights; a second call loads it in a second.
+    ``base_lr`` replaces the rule's peak lr (0.03 x batch/256): that rule is tuned for 90 epochs,
+    and a CPU-sized run of a few hundred steps at batch 64-128 learns little at 0.0075-0.015, so
+    quick demonstrations and tests (``tests/test_world_transfer.py``) pass a larger one.
+
+    ``size`` only applies to embedded (generated) upstream data; a real dataset (``path=`` to a
+    local copy, e.g. ImageNet as parquet or an image folder, or its hub copy) trains on its
+    whole training split. Resolution: :func:`bitkit.hyperrule.resolution_for`: an embedded
+    card's teaching resolution, else the upstream Inception-style crop to 224 + flip.
     """
+    card = data.get_card(upstream)
+    embedded = card.source.kind == "embedded"
+    if path is not None and embedded:
+        raise ValueError(f"{upstream} is generated (embedded): it has no local copy to pass "
+                         "as path=; use size= to choose how many images")
+    # Generator options exist for embedded data only; the world stays fixed across seeds.
+    raw = data.load(card, "train", path=path, **({"size": size} if embedded else {}))
+    size = size if embedded else len(raw)
     if size < batch_size:
         raise ValueError(f"size ({size}) must be at least one batch ({batch_size}) of images")
     settings = dict(model=model, upstream=upstream, size=size, steps=steps, batch_size=batch_size,
-                    variant=variant, seed=seed, train=train_overrides, bitkit=__version__)
+                    variant=variant, seed=seed, train=train_overrides, bitkit=__version__,
+                    world=world.VERSION)  # a changed world must not reuse an old model
+    if base_lr is not None:  # only when given: the rule's own lr keeps its usual key
+        settings["base_lr"] = base_lr
+    if path is not None:
+        settings["path"] = str(Path(path).expanduser().resolve())
     folder = _cache_folder(settings, cache_dir)
-    raw = data.load(upstream, "train", size=size)  # the world itself stays fixed across seeds
     final = folder / FINAL_WEIGHTS
     net = create(model, num_classes=raw.num_classes)
     if final.is_file():
@@ -80,13 +105,20 @@ def pretrain(
 
     recipe = hyperrule.upstream(size, variant=variant, batch_size=batch_size,
                                 epochs=steps * batch_size / size)
+    if base_lr is not None:
+        recipe = dataclasses.replace(
+            recipe, schedule=dataclasses.replace(recipe.schedule, base_lr=base_lr),
+            decisions=recipe.decisions + (hyperrule.Decision(
+                "lr", f"{base_lr:g} instead of {recipe.schedule.base_lr:g}", "given (base_lr)",
+                "A short CPU run learns little at the 90-epoch rule's lr."),))
+    recipe = hyperrule.resolution_for(card, recipe)
     config = TrainConfig.from_recipe(recipe, seed=seed, progress=progress, **train_overrides)
     torch.manual_seed(seed)
     net = create(model, num_classes=raw.num_classes)
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / SETTINGS_FILE).write_text(json.dumps(settings, indent=2))
-    result = fit(net, data.preprocess(raw, train=True), config, out_dir=folder,
-                 observers=observers, control=control)
+    atomic_write_text(folder / SETTINGS_FILE, json.dumps(settings, indent=2))
+    train = data.preprocess(raw, train=True, resize=recipe.resize, crop=recipe.crop)
+    result = fit(net, train, config, out_dir=folder, observers=observers, control=control)
     if result.step == config.schedule.total_steps:  # a stopped run stays resumable, not final
         weights.save_safetensors(net, final)
     return net
@@ -120,7 +152,7 @@ class TransferRun:
 
     def summary(self) -> dict[str, Any]:
         return {"task": self.task, "model": self.model.name, "train_size": self.train_size,
-                "steps": self.recipe.schedule.total_steps, "top1": round(100 * self.top1, 2)}
+                "steps": self.recipe.schedule.total_steps, "top1": self.top1}
 
 
 def finetune(
@@ -133,6 +165,8 @@ def finetune(
     steps: int | None = None,
     batch_size: int = 64,
     seed: int = 0,
+    base_lr: float = hyperrule.BASE_LR,
+    path: str | os.PathLike | None = None,
     out_dir: str | os.PathLike | None = None,
     observers: Sequence[Observer] = (),
     control: RunControl | None = None,
@@ -145,9 +179,13 @@ def finetune(
     paper 3.3) or a model name (the same architecture trained from scratch: the baseline).
     ``shots`` takes a seeded, balanced k-shot subset; ``train_size`` the first n examples of a
     seeded shuffle. ``steps`` compresses the rule's schedule for CPU runs (labelled as such in
-    the recipe's explanation); None keeps BiT's.
+    the recipe's explanation); None keeps BiT's. ``base_lr`` replaces the rule's 0.003 (the
+    rule's one fixed number): a fair from-scratch baseline needs its own, larger lr, so
+    comparisons such as ``bench/world_transfer.py`` sweep it per arm. ``path`` is a local copy
+    of the task's data (``bitkit.data.load(task, split, path=...)``): the VTAB-1k tasks and
+    other local-only cards need it.
     """
-    raw_train = data.load(task, "train")
+    raw_train = data.load(task, "train", path=path)
     card = raw_train.card
     train_set: Dataset = raw_train
     if shots is not None:
@@ -158,14 +196,13 @@ def finetune(
                              f"got {train_size}")
         order = torch.randperm(len(raw_train), generator=torch.Generator().manual_seed(seed))
         train_set = data.SubsetDataset(raw_train, order[:train_size].numpy(), tag=f"n={train_size}")
-    recipe = hyperrule.hyperrule(card, train_size=len(train_set), batch_size=batch_size)
+    recipe = hyperrule.hyperrule(card, train_size=len(train_set), batch_size=batch_size,
+                                 base_lr=base_lr)
     if steps is not None:
         recipe = recipe.shortened(steps)
-    if card.resolution is not None:  # embedded tasks carry a CPU-sized teaching resolution
-        recipe = recipe.at_resolution(*card.resolution, why=f"the {card.name} card's teaching "
-                                      "resolution, sized for a CPU")
+    recipe = hyperrule.resolution_for(card, recipe)  # a card's teaching resolution, if any
 
-    raw_test = data.load(task, card.eval_split)
+    raw_test = data.load(task, card.eval_split, path=path)
     if test_size is not None:
         raw_test = data.SubsetDataset(raw_test, range(min(test_size, len(raw_test))))
 

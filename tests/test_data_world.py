@@ -147,3 +147,22 @@ def test_digits_is_a_real_downstream_task():
     image, label = te[0]
     assert image.shape == (3, 8, 8) and image.dtype == torch.uint8 and image.max() > 200
     assert te.example_id(0) == "digits:1297" and label == int(te.targets[0])
+
+
+def test_upstream_scene_kinds_closeups_and_flocks():
+    """World v2: single-object upstream images are also close-ups and flocks (for texture and
+    count transfer); the mix is a parameter, deterministic, and labels do not depend on it."""
+    ds = load("world-upstream", "train", size=100_000)
+    kinds = np.bincount(ds.scene_kinds(np.arange(5000)), minlength=4) / 5000
+    assert abs(kinds[1] - 0.2) < 0.03 and abs(kinds[2] - 0.2) < 0.03 and kinds[3] == 0
+    plain = load("world-upstream", "train", size=100_000, closeup=0.0, flock=0.0)
+    assert (plain.scene_kinds(np.arange(500)) == 0).all()
+    np.testing.assert_array_equal(plain.labels(np.arange(500)), ds.labels(np.arange(500)))
+    flock = np.nonzero(ds.scene_kinds(np.arange(200)) == 2)[0][:4]
+    a, _ = ds.render(flock)
+    b, _ = plain.render(flock)
+    assert not torch.equal(a, b)  # the same example, drawn as a flock instead of one object
+    with pytest.raises(ValueError, match="closeup and flock"):
+        load("world-upstream", "train", size=10, closeup=0.7, flock=0.5)
+    multi = load("world-upstream-multilabel", "train", size=1000)
+    assert set(np.unique(multi.scene_kinds(np.arange(300)))) >= {0, 3}

@@ -14,6 +14,11 @@ from bitkit.data.world.duplicates import DuplicatePair, duplicate_of, pairs
 from bitkit.data.world.objects import Background, ForegroundObjects, backgrounds
 from bitkit.data.world.upstream import UpstreamWorld
 
+#: Bumped whenever a change draws different images for the same (seed, index); pre-training
+#: caches include it so a model trained on an older world is never silently reused.
+#: 2: upstream close-ups and flocks (``upstream`` module docstring).
+VERSION = 2
+
 GENERATORS: dict[str, type[WorldDataset]] = {
     "upstream": UpstreamWorld, "foregrounds": ForegroundObjects, **_DOWNSTREAM,
 }
@@ -30,4 +35,4 @@ def build(card: DataCard, split: str, **options) -> WorldDataset:
 
 
 __all__ = ["Background", "DuplicatePair", "ForegroundObjects", "GENERATORS", "UpstreamWorld",
-           "WorldDataset", "backgrounds", "build", "duplicate_of", "pairs"]
+           "VERSION", "WorldDataset", "backgrounds", "build", "duplicate_of", "pairs"]

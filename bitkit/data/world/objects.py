@@ -86,3 +86,45 @@ class ForegroundObjects(WorldDataset):
         images = render.finish(canvas, np.zeros(labels.size, np.int64), np.zeros(labels.size))
         masks = (cover * 255.0 + 0.5).astype(np.uint8)
         return torch.from_numpy(images), torch.from_numpy(masks), labels
+
+
+#: Soft alpha at or above this (of 255) counts as object when a world mask is made binary:
+#: the anti-aliased edge pixel is in the object when it is at least half covered.
+MASK_THRESHOLD = 128
+
+
+def ooc_inputs(indices=None, *, split: str = "test", size: int = 64, seed: int = 0,
+               variants: int = 1, threshold: int = MASK_THRESHOLD):
+    """World foregrounds and backgrounds as ``bitkit.ooc`` inputs -> (foregrounds, backgrounds).
+
+    ``indices`` pick ``world-foregrounds`` examples of ``split`` (None: all of them, 81 on the
+    test split as in supplementary F); ``variants`` renderings of each of the 8 named
+    backgrounds are returned. Labels are
+    upstream class ids, so an upstream-pretrained model is scored directly. World masks are
+    soft alpha (0..255, anti-aliased edges) while ``ooc.build`` requires binary masks and
+    deliberately refuses to threshold silently, so this adapter thresholds explicitly:
+    ``alpha >= threshold`` is object (default 128: at least half covered). The OOC builder then
+    re-scales the object and re-derives its own hard edge (supplementary F.1), so a soft edge
+    would be lost anyway. Each foreground's ``source`` records its world id and habitat (the
+    background it usually appears on upstream), so results can be split into in- and
+    out-of-context pastes.
+    """
+    from bitkit import ooc  # not at module level: bitkit.ooc imports the evaluation stack
+    from bitkit.data import load
+
+    if not 1 <= threshold <= 255:
+        raise ValueError(f"threshold must be in 1..255 (alpha >= threshold is object); "
+                         f"got {threshold}")
+    ds = load("world-foregrounds", split, seed=seed, image_size=size)
+    idx = ds._indices(np.arange(len(ds)) if indices is None else list(indices))
+    images, masks, labels = ds.render_with_masks(idx)
+    habitats = ds.habitat_of(labels)
+    fgs = [ooc.Foreground.create(
+        f"world-fg-{int(i)}", img, m.numpy() >= threshold, int(lab), ds.class_names[int(lab)],
+        source=f"{ds.example_id(int(i))} (habitat: {hab}; mask: alpha >= {threshold})",
+        license=ds.card.license, attribution=ds.card.citation or "")
+        for i, img, m, lab, hab in zip(idx, images, masks, labels, habitats, strict=True)]
+    bgs = [ooc.Background.create(f"world-bg-{k}", b.image, b.name.split(" #")[0],
+                                 license=b.license, attribution=b.attribution)
+           for k, b in enumerate(backgrounds(size, variants=variants, seed=seed))]
+    return fgs, bgs

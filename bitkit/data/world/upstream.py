@@ -8,6 +8,23 @@ to lean on context: the out-of-context test (supplementary F) measures exactly t
 
 Near-duplicates of the ``world-objects`` test images are planted in the train split (see
 ``duplicates``), as JFT contained near-copies of downstream test images (supplementary B).
+
+Scene kinds (world version 2). Real upstream photos are not all one centred object: some are
+close-ups where the object's surface fills the frame, some show a group of the same thing.
+Transfer can only help a downstream task whose primitives the upstream labels make a model
+learn, so a single-object image is one of three kinds (each still labelled with its class):
+
+- ``single`` (default 60%): one object of radius 0.42-0.65, as before;
+- ``closeup`` (``closeup``, 20%): the object zoomed in (radius 1.3-2.5) so its texture fills
+  most of the frame, at texture frequencies spanning 5-22 cycles/unit -- both the fine and the
+  coarse scales of ``world-texture``. Without these, upstream textures only ever appeared inside
+  small objects and did not transfer to the full-frame texture task (measured in
+  ``bench/world_transfer.py``);
+- ``flock`` (``flock``, 20%): 2-5 small copies of the object (radius 0.17-0.26) in distinct
+  cells of a 3x3 grid, the same layout and object size as ``world-count``: recognising small
+  objects anywhere in the frame is what counting is built on.
+
+Multi-label images (2-3 different objects) are unchanged.
 """
 
 from __future__ import annotations
@@ -20,6 +37,8 @@ from bitkit.data.world.common import WorldDataset, finish, object_slot, palette_
 from bitkit.data.world.taxonomy import PALETTES, habitat, upstream_taxonomy
 
 _PAL = np.array(PALETTES)
+CLOSEUP, FLOCK = 0.2, 0.2  # default fractions of single-object images (see module docstring)
+MAX_FLOCK = 5
 
 
 class UpstreamWorld(WorldDataset):
@@ -29,12 +48,18 @@ class UpstreamWorld(WorldDataset):
         label_noise: fraction of examples whose (every) label is replaced by a random other
             class; ``clean_labels`` gives the truth, for teaching what noise costs.
         context: probability that an object sits on its class's habitat background.
+        closeup, flock: fractions of single-object images drawn as a close-up or as a group
+            of 2-5 small copies (see the module docstring for why).
     """
 
     def __init__(self, card: DataCard, split: str = "train", *, size: int | None = None,
                  seed: int = 0, image_size: int | None = None, label_noise: float = 0.0,
-                 context: float = 0.8):
+                 context: float = 0.8, closeup: float = CLOSEUP, flock: float = FLOCK):
         super().__init__(card, split, size=size, seed=seed, image_size=image_size)
+        if not (0.0 <= closeup and 0.0 <= flock and closeup + flock <= 1.0):
+            raise ValueError(f"closeup and flock must be >= 0 with closeup + flock <= 1; got "
+                             f"{closeup} and {flock}")
+        self.closeup, self.flock = float(closeup), float(flock)
         if not 0.0 <= label_noise < 1.0:
             raise ValueError(f"label_noise must be in [0, 1); got {label_noise}")
         if not 0.0 <= context <= 1.0:
@@ -88,10 +113,22 @@ class UpstreamWorld(WorldDataset):
             return []
         return [(j, self.planted[int(i)]) for j, i in enumerate(indices) if int(i) in self.planted]
 
+    def scene_kinds(self, indices) -> np.ndarray:
+        """0 single, 1 close-up, 2 flock, 3 multi-object, per example (planted duplicates
+        are drawn from ``duplicates`` whatever their kind says)."""
+        idx = self._indices(indices)
+        return self._kinds(rng.keys(self.seed, self.stream, idx))
+
+    def _kinds(self, keys: np.ndarray) -> np.ndarray:
+        u = rng.uniform(keys, 1, salt=30)[:, 0]
+        kind = np.where(u < self.closeup, 1, np.where(u < self.closeup + self.flock, 2, 0))
+        return np.where(self._objects_per_image(keys) > 1, 3, kind)
+
     def _draw(self, keys: np.ndarray, indices: np.ndarray, labels: np.ndarray) -> np.ndarray:
         tax, s = self.taxonomy, self.image_size
         cls = self._clean(keys)  # draw the true objects even when the label is noisy
         n_obj = self._objects_per_image(keys)
+        kind = self._kinds(keys)
         u = rng.uniform(keys, 8, salt=4)
         main_bg = habitat(tax.shape[cls[:, 0]], tax.texture[cls[:, 0]])
         bg = np.where(u[:, 0] < self.context, main_bg, (u[:, 1] * 8).astype(np.int64))
@@ -111,11 +148,51 @@ class UpstreamWorld(WorldDataset):
             cx = np.where(multi, qx + 0.15 * jitter_x, (0.95 - radius) * jitter_x)
             cy = np.where(multi, qy + 0.15 * jitter_y, (0.95 - radius) * jitter_y)
             pal = _PAL[tax.palette[c]]
-            render.composite(canvas, object_slot(
+            obj = object_slot(
                 uo, shape=tax.shape[c], texture=tax.texture[c],
                 palette_rgb=palette_colours(pal[:, 0], pal[:, 1], uo[:, 33:39]),
-                cx=cx, cy=cy, radius=radius, present=present))
+                cx=cx, cy=cy, radius=radius, present=present & (kind != 2))  # flocks: below
+            if slot == 0:
+                self._closeup(obj, kind == 1, uo)
+            render.composite(canvas, obj)
+        self._flock(canvas, keys, cls[:, 0], kind == 2)
         images = finish(canvas, keys)
         for j, (pair, _label) in self._plants_in(indices):
             images[j] = duplicates.pair_scene(self.seed, pair, s)
         return images
+
+    @staticmethod
+    def _closeup(obj, rows: np.ndarray, uo: np.ndarray) -> None:
+        """Turn slot 0 into a close-up on ``rows``: zoomed in, texture at 5-22 cycles/unit."""
+        radius = 1.3 + 1.2 * uo[:, 30]
+        f_img = np.exp(np.log(5.0) + np.log(22.0 / 5.0) * uo[:, 39])  # log-uniform, image units
+        obj.radius = np.where(rows, radius, obj.radius)
+        obj.cx = np.where(rows, 0.6 * (uo[:, 31] - 0.5), obj.cx)
+        obj.cy = np.where(rows, 0.6 * (uo[:, 32] - 0.5), obj.cy)
+        obj.freq = np.where(rows, radius * f_img, obj.freq)
+
+    def _flock(self, canvas: np.ndarray, keys: np.ndarray, c: np.ndarray,
+               rows: np.ndarray) -> None:
+        """2-5 small copies of class ``c`` in distinct cells of a 3x3 grid, on ``rows`` only
+        (drawn on the sub-batch, so a flock costs nothing for the other images)."""
+        sel = np.nonzero(rows)[0]
+        if sel.size == 0:
+            return
+        tax, k = self.taxonomy, keys[sel]
+        count = 2 + rng.integers(k, 1, MAX_FLOCK - 1, salt=31)[:, 0]
+        cells = np.argsort(rng.uniform(k, 9, salt=32), axis=1)
+        pal = _PAL[tax.palette[c[sel]]]
+        colours = palette_colours(pal[:, 0], pal[:, 1], rng.uniform(k, 6, salt=33))
+        for copy in range(MAX_FLOCK):
+            live = np.nonzero(count > copy)[0]  # only the flocks that have this copy
+            rows, kk, cl = sel[live], k[live], c[sel][live]
+            uo = rng.uniform(kk, 40, salt=40 + copy)
+            cell = cells[live, copy]
+            sub = canvas[rows]
+            render.composite(sub, object_slot(
+                uo, shape=tax.shape[cl], texture=tax.texture[cl],
+                palette_rgb=(colours[0][live], colours[1][live]),
+                cx=(cell % 3 - 1) * 0.62 + 0.12 * (uo[:, 31] - 0.5),
+                cy=(cell // 3 - 1) * 0.62 + 0.12 * (uo[:, 32] - 0.5),
+                radius=0.17 + 0.09 * uo[:, 30]))
+            canvas[rows] = sub
