@@ -18,6 +18,7 @@ COMMAND_MODULES = [
     "bitkit.hyperrule",
     "bitkit.runfile",
     "bitkit.data.cards",
+    "bitkit.runs",
 ]
 
 
@@ -40,7 +41,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except (ValueError, FileNotFoundError, KeyError) as e:  # user mistakes: message, no traceback
-        print(f"bitkit {args.command}: error: {e}", file=sys.stderr)
+        # str(KeyError("msg")) is "'msg'" (its repr): print the message itself.
+        message = e.args[0] if isinstance(e, KeyError) and e.args else e
+        print(f"bitkit {args.command}: error: {message}", file=sys.stderr)
         return 2
 
 

@@ -1,0 +1,350 @@
+"""Glue shared by the lesson notebooks: parameter checks, the upstream model, metrics.json.
+
+A notebook's ``parameters`` cell is set by a student, by ``bitkit run -p ...`` or by a sweep, so
+the cell right after it calls :func:`check_parameters`: a typo fails there, in the first cells,
+with a message that names the parameter and the fix, instead of twenty minutes later deep inside
+torch. :func:`save_metrics` writes the headline numbers next to the executed notebook
+(``$BITKIT_RUN_DIR`` under ``bitkit run``, else the working directory).
+
+No UI imports here (DESIGN.md): :func:`setup` only sets plotly's renderer by name.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from bitkit import data, models
+
+RUN_DIR_ENV = "BITKIT_RUN_DIR"
+QUIET_ENV = "BITKIT_RUN_QUIET"
+METRICS = "metrics.json"
+
+#: plotly's interactive mimetype for JupyterLab plus HTML that carries plotly.js itself, so a
+#: figure shows in the notebook, in the executed copy and in its HTML export, with no network.
+PLOTLY_RENDERER = "plotly_mimetype+notebook"
+
+
+class ParameterError(ValueError):
+    """A notebook parameter has a value that cannot work; the message says which and why."""
+
+
+def setup() -> None:
+    """Call once at the top of a lesson: plotly figures that survive headless execution."""
+    import plotly.io as pio
+
+    pio.renderers.default = PLOTLY_RENDERER
+
+
+def progress() -> bool:
+    """Progress bars on, except in headless batch runs (``bitkit run`` sets the variable)."""
+    return os.environ.get(QUIET_ENV, "0") != "1"
+
+
+# --------------------------------------------------------------------------------------------
+# Parameter checks
+# --------------------------------------------------------------------------------------------
+
+
+def _fail(name: str, value: Any, why: str) -> ParameterError:
+    return ParameterError(f"parameter {name} = {value!r}: {why} (set it in the parameters cell, "
+                          f"or `bitkit run NOTEBOOK -p {name} VALUE`)")
+
+
+def _int(name: str, value: Any, low: int = 1, high: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _fail(name, value, f"must be a whole number >= {low}")
+    if value < low or (high is not None and value > high):
+        rng = f"in {low}..{high}" if high is not None else f">= {low}"
+        raise _fail(name, value, f"must be {rng}")
+    return value
+
+
+def _ints(name: str, value: Any, low: int = 0) -> list[int]:
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = [value]
+    if not isinstance(value, (list, tuple)) or not value:
+        raise _fail(name, value, "must be a non-empty list of whole numbers, e.g. [1, 5, 10]")
+    return [_int(name, v, low) for v in value]
+
+
+def _task(name: str, value: Any) -> str:
+    """A card name or a local dataset path that ``bitkit.data.load`` can open."""
+    if not isinstance(value, str) or not value:
+        raise _fail(name, value, "must be a dataset card name (`bitkit cards`) or a local path")
+    if os.sep in value or value.startswith((".", "~")) or Path(value).expanduser().exists():
+        if not Path(value).expanduser().exists():
+            raise _fail(name, value, "no such file or folder")
+        return value
+    try:
+        card = data.get_card(value)
+    except KeyError as e:
+        raise _fail(name, value, str(e).strip("\"'")) from None
+    if not card.available:
+        raise _fail(name, value, f"{card.title} cannot be loaded ({card.source.kind}); pick a "
+                    "member dataset or another card")
+    if card.num_classes is None or card.multi_label:
+        raise _fail(name, value, "lessons fine-tune single-label classification tasks")
+    return value
+
+
+def _tasks(name: str, value: Any) -> list[str]:
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, (list, tuple)) or not value:
+        raise _fail(name, value, "must be a list of dataset card names or local paths")
+    return [_task(name, v) for v in value]
+
+
+def _model(name: str, value: Any) -> str:
+    try:
+        models.get_config(str(value))
+    except ValueError as e:
+        raise _fail(name, value, str(e)) from None
+    return str(value)
+
+
+def _weights(name: str, value: Any) -> str | None:
+    if value in (None, ""):
+        return None
+    p = Path(str(value)).expanduser()
+    if not p.is_file():
+        raise _fail(name, value, "no such file; download a released checkpoint, e.g. "
+                    "https://storage.googleapis.com/bit_models/BiT-M-R50x1.npz, and give its path "
+                    "(or None to pre-train on the embedded upstream world)")
+    if p.suffix not in (".npz", ".safetensors", ".pt", ".pth"):
+        raise _fail(name, value, "must be a .npz (released BiT), .safetensors or .pt file")
+    return str(p)
+
+
+def _upstream(name: str, value: Any) -> str:
+    try:
+        card = data.get_card(str(value))
+    except KeyError as e:
+        raise _fail(name, value, str(e).strip("\"'")) from None
+    if card.group != "embedded-upstream":
+        raise _fail(name, value, "lessons pre-train on an embedded upstream world "
+                    f"({', '.join(data.list_cards('embedded-upstream'))}); for a real upstream "
+                    "use released weights instead (parameter weights)")
+    return str(value)
+
+
+def _processes(name: str, value: Any) -> int:
+    n = _int(name, value, 1)
+    if n > 1:
+        import torch
+
+        gpus = torch.cuda.device_count()
+        if gpus and n > gpus:
+            raise _fail(name, value, f"this machine has {gpus} GPU(s); use at most that many "
+                        "processes (one per GPU)")
+    return n
+
+
+def _device(name: str, value: Any) -> str:
+    import torch
+
+    if value not in ("auto", "cpu", "cuda") and not str(value).startswith("cuda:"):
+        raise _fail(name, value, "must be 'auto', 'cpu', 'cuda' or 'cuda:N'")
+    if str(value).startswith("cuda") and not torch.cuda.is_available():
+        raise _fail(name, value, "no CUDA GPU is visible here; use 'auto' or 'cpu'")
+    return str(value)
+
+
+def _choice(options: tuple[Any, ...]) -> Callable[[str, Any], Any]:
+    def check(name: str, value: Any) -> Any:
+        if value not in options:
+            raise _fail(name, value, f"must be one of {', '.join(map(repr, options))}")
+        return value
+    return check
+
+
+def _fraction(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+        raise _fail(name, value, "must be a number in [0, 1]")
+    return float(value)
+
+
+def _optional_int(name: str, value: Any) -> int | None:
+    return None if value is None else _int(name, value, 1)
+
+
+#: What each common lesson parameter must be. A notebook passes the ones it has.
+CHECKS: dict[str, Callable[[str, Any], Any]] = {
+    "task": _task, "tasks": _tasks, "model": _model,
+    "weights": _weights, "upstream": _upstream,
+    "upstream_size": lambda n, v: _int(n, v, 64), "upstream_steps": lambda n, v: _int(n, v, 5),
+    "upstream_sizes": lambda n, v: _ints(n, v, 64), "upstream_batch": lambda n, v: _int(n, v, 2),
+    "steps": lambda n, v: _int(n, v, 5), "batch_size": lambda n, v: _int(n, v, 2),
+    "train_size": _optional_int, "test_size": _optional_int,
+    "shots": lambda n, v: _ints(n, v, 1), "seeds": lambda n, v: _ints(n, v, 0),
+    "seed": lambda n, v: _int(n, v, 0), "processes": _processes, "device": _device,
+    "variant": _choice(("S", "M", "L")), "threshold": _fraction,
+    "trials": lambda n, v: _int(n, v, 1),
+}
+
+
+def check_parameters(**params: Any) -> dict[str, Any]:
+    """Check every given parameter (names from :data:`CHECKS`) and return them normalised.
+
+    Raises :class:`ParameterError` naming the first bad one. Cross-checks: ``weights`` must fit
+    ``model``, and training with more than one process needs a ``steps`` budget.
+    """
+    out = {}
+    for name, value in params.items():
+        if name not in CHECKS:
+            raise TypeError(f"check_parameters does not know {name!r}; known: {', '.join(CHECKS)}")
+        out[name] = CHECKS[name](name, value)
+    if out.get("weights") and "model" in out:
+        from bitkit import weights as w
+
+        arch, want = w.describe(out["weights"]), models.get_config(out["model"])
+        if (arch.units, arch.width) != (want.units, want.width):
+            raise _fail("weights", params["weights"], f"holds a {arch.name} but model is "
+                        f"{out['model']!r}; set model={arch.name!r}")
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# The upstream model
+# --------------------------------------------------------------------------------------------
+
+
+def upstream_model(model: str, *, weights: str | None = None, upstream: str = "world-upstream",
+                   size: int = 50_000, steps: int = 600, batch_size: int = 128, seed: int = 0,
+                   observers: tuple = ()) -> models.ResNetV2:
+    """The pre-trained starting point of a lesson.
+
+    With ``weights`` (a released ``.npz`` such as BiT-M-R50x1.npz): that checkpoint. Otherwise
+    BiT's upstream recipe on the embedded world, cached by its settings, so every lesson with
+    the same settings reuses the model the quickstart trained.
+    """
+    from bitkit import experiments
+
+    if weights:
+        from bitkit import weights as w
+
+        arch = w.describe(weights)
+        return models.create(model, num_classes=arch.num_classes, weights=weights)
+    return experiments.pretrain(model, upstream, size=size, steps=steps, batch_size=batch_size,
+                                seed=seed, observers=observers, progress=progress())
+
+
+# --------------------------------------------------------------------------------------------
+# metrics.json
+# --------------------------------------------------------------------------------------------
+
+
+def _plain(v: Any) -> Any:
+    if isinstance(v, Mapping):
+        return {str(k): _plain(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_plain(x) for x in v]
+    if hasattr(v, "item") and callable(v.item) and getattr(v, "ndim", 1) == 0:
+        v = v.item()
+    if isinstance(v, float):
+        return round(v, 6) if math.isfinite(v) else None
+    return v
+
+
+def metrics_path() -> Path:
+    return Path(os.environ.get(RUN_DIR_ENV) or ".") / METRICS
+
+
+def save_metrics(metrics: Mapping[str, Any]) -> Path:
+    """Write the lesson's headline numbers to ``metrics.json`` next to the executed notebook."""
+    path = metrics_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(_plain(metrics), indent=2) + "\n")
+    return path
+
+
+def image_grid(images: Any) -> Any:
+    """uint8 images (N, 3, H, W) or (N, H, W, 3) -> (N, H, W, 3) numpy, for ``px.imshow``."""
+    import numpy as np
+
+    a = np.asarray(images)
+    if a.ndim == 4 and a.shape[1] == 3 and a.shape[-1] != 3:
+        a = a.transpose(0, 2, 3, 1)
+    return a
+
+
+# --------------------------------------------------------------------------------------------
+# Transfer in one process or many (torchrun)
+# --------------------------------------------------------------------------------------------
+
+
+def transfer(task: str, start: models.ResNetV2 | str, *, processes: int = 1,
+             out_dir: str | os.PathLike, observers: tuple = (), **kwargs: Any) -> Any:
+    """``experiments.finetune`` in this kernel, or under ``torchrun`` with ``processes`` ranks.
+
+    With several processes the run is written as a run file (docs/distributed.md): the start
+    weights go to ``out_dir/start.pt``, ``bitkit.distributed`` launches ``torchrun``, and its
+    progress streams back to ``observers`` through ``metrics.jsonl``; the trained weights are
+    then read from the run's checkpoint and evaluated here. GroupNorm makes the result the same
+    update as one process with the same global batch (paper 4.3). Several processes train on the
+    task's whole train split (run files name a split, not a subset).
+    """
+    from bitkit import experiments
+
+    if processes == 1:
+        return experiments.finetune(task, start, out_dir=out_dir, observers=observers,
+                                    progress=progress(), **kwargs)
+    return _transfer_torchrun(task, start, processes, Path(out_dir), observers, **kwargs)
+
+
+def _transfer_torchrun(task: str, start: models.ResNetV2 | str, processes: int, out: Path,
+                       observers: tuple, *, train_size: int | None = None,
+                       test_size: int | None = None, steps: int | None = None,
+                       batch_size: int = 64, seed: int = 0, **train: Any) -> Any:
+    import shutil
+
+    import torch
+    import yaml
+
+    from bitkit import checkpoint, hyperrule, runfile
+    from bitkit.evaluate import predict
+    from bitkit.experiments import TransferRun
+    from bitkit.train import CHECKPOINT_FILE, FitResult
+
+    if train_size is not None:
+        raise ParameterError(f"parameter train_size = {train_size!r}: runs with processes > 1 "
+                             "train on the whole train split; set train_size = None")
+    raw = data.load(task, "train")
+    recipe = hyperrule.hyperrule(raw.card, train_size=len(raw), batch_size=batch_size)
+    if steps is not None:
+        recipe = recipe.shortened(steps)
+    if raw.card.resolution is not None:
+        recipe = recipe.at_resolution(*raw.card.resolution, why="the card's teaching resolution")
+    if out.exists():
+        shutil.rmtree(out)  # a fresh run; resuming is for the same job, not a rerun
+    out.mkdir(parents=True)
+    if isinstance(start, str):
+        torch.manual_seed(seed)
+        start = models.create(start, num_classes=raw.num_classes)
+    torch.save(start.state_dict(), out / "start.pt")
+    train = {k: v for k, v in train.items() if k != "resume"}
+    spec = {"model": start.name, "weights": str(out / "start.pt"), "num_classes": raw.num_classes,
+            "train_data": f"{task}:train", "out_dir": str(out), "recipe": "hyperrule",
+            "recipe_args": {"batch_size": batch_size},
+            "resolution": [recipe.resize, recipe.crop],
+            "train": {"schedule": recipe.schedule.to_dict(), "seed": seed,
+                      "progress": False, **train}}
+    (out / "run.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    job = runfile.launch(out / "run.yaml", nproc_per_node=processes)
+    job.follow(list(observers))
+    state = checkpoint.load(out / CHECKPOINT_FILE)
+    net = models.create(start.name, num_classes=raw.num_classes)
+    net.load_state_dict(state["model"])
+    test = data.load(task, raw.card.eval_split)
+    if test_size is not None:
+        test = data.SubsetDataset(test, range(min(test_size, len(test))))
+    report = predict(net, data.preprocess(test, train=False, resize=recipe.resize,
+                                          crop=recipe.crop), progress=progress(),
+                     class_names=raw.class_names)
+    result = FitResult(step=int(state["step"]), reason=f"torchrun x {processes}")
+    return TransferRun(task, len(raw), net, recipe, result, report)

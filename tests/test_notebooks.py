@@ -1,0 +1,257 @@
+"""The lesson notebooks: committed clean, parametrised, and run headless through ``bitkit run``.
+
+Every lesson is executed with small parameters, and its ``metrics.json`` is checked: numbers in
+sensible ranges and the comparisons the lesson claims. All lessons share one upstream model
+(one ``BITKIT_CACHE`` for the session): the quickstart pre-trains it, the others reuse it.
+"""
+
+import os
+import re
+from pathlib import Path
+
+import nbformat
+import pytest
+from jupyter_client.kernelspec import KernelSpecManager
+
+from bitkit import runs
+
+NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
+LESSONS = sorted(NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"))
+EXPECTED = ["00_quickstart", "01_architecture", "02_pretraining", "03_transfer", "04_few_shot",
+            "05_vtab", "06_error_browser", "07_duplicates", "08_out_of_context"]
+
+# One upstream model for every lesson, the notebooks' own default (about 100 s on 2 cores): the
+# smallest that makes transfer beat scratch by a clear margin.
+UPSTREAM = dict(upstream_size=50_000, upstream_steps=600, upstream_batch=128)
+
+
+def _cells(path):
+    return nbformat.read(str(path), as_version=4).cells
+
+
+# --------------------------------------------------------------------------------------------
+# Static: clean, parametrised, the right kernel, exercises with solutions apart
+# --------------------------------------------------------------------------------------------
+
+
+def test_the_lessons_are_there():
+    names = [p.stem for p in LESSONS]
+    assert set(EXPECTED) <= set(names), f"missing lessons: {set(EXPECTED) - set(names)}"
+    assert (NOTEBOOKS / "README.md").is_file()
+
+
+@pytest.mark.parametrize("path", LESSONS, ids=lambda p: p.stem)
+def test_notebook_is_clean_and_parametrised(path):
+    nb = nbformat.read(str(path), as_version=4)
+    nbformat.validate(nb)
+    cells = nb.cells
+    assert cells[0].cell_type == "markdown" and cells[0].source.startswith(f"# {path.stem[:2]} ")
+    code = [c for c in cells if c.cell_type == "code"]
+    assert all(c.outputs == [] and c.execution_count is None for c in code), "outputs committed"
+    assert "parameters" in code[0].metadata.get("tags", []), "first code cell must be parameters"
+    assert sum("parameters" in c.metadata.get("tags", []) for c in cells) == 1
+    assert "lesson.check_parameters(" in code[1].source, "validate right after the parameters"
+    assert runs.notebook_parameters(path)  # papermill sees the parameters
+    # every notebook cites the paper
+    assert re.search(r"paper (section )?\d|supplementary [A-F]", cells[0].source, re.IGNORECASE)
+    assert "## Exercises" in cells[-1].source
+    solutions = NOTEBOOKS / "solutions" / f"{path.stem}.md"
+    assert solutions.is_file() and solutions.read_text().count("## Exercise") >= 2
+
+
+@pytest.mark.parametrize("path", LESSONS, ids=lambda p: p.stem)
+def test_kernelspec_is_the_projects_and_papermill_finds_it(path):
+    spec = nbformat.read(str(path), as_version=4).metadata.kernelspec
+    assert spec.name == runs.KERNEL
+    found = KernelSpecManager().get_kernel_spec(spec.name)  # make test installs it in .venv
+    assert Path(found.argv[0]).exists() and found.language == "python"
+
+
+# --------------------------------------------------------------------------------------------
+# Executed headless
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def shared_cache(tmp_path_factory):
+    cache = tmp_path_factory.mktemp("bitkit-cache")
+    old = os.environ.get("BITKIT_CACHE")
+    os.environ["BITKIT_CACHE"] = str(cache)  # the kernels inherit it
+    yield cache
+    if old is None:
+        os.environ.pop("BITKIT_CACHE", None)
+    else:
+        os.environ["BITKIT_CACHE"] = old
+
+
+def run(name, tmp_path, **params):
+    result = runs.run_notebook(NOTEBOOKS / f"{name}.ipynb", params, tmp_path / name,
+                               log_output=False, cell_timeout=600)
+    html = result.html.read_text()
+    assert "Plotly.newPlot" in html  # plots survive the HTML export ...
+    executed = nbformat.read(str(result.executed), as_version=4)
+    plots = [o for c in executed.cells if c.cell_type == "code" for o in c.outputs
+             if "application/vnd.plotly.v1+json" in o.get("data", {})]
+    assert plots  # ... and show in the executed notebook
+    for o in plots:  # every figure has a title, and the HTML carries it
+        title = o["data"]["application/vnd.plotly.v1+json"]["layout"]["title"]["text"]
+        assert title and title.split("<")[0][:30] in html
+    assert result.metrics, "the notebook wrote no metrics.json"
+    return result.metrics
+
+
+@pytest.mark.slow
+def test_00_quickstart(shared_cache, tmp_path):
+    m = run("00_quickstart", tmp_path, **UPSTREAM, train_size=500, steps=50, test_size=400)
+    assert m["train_size"] == 500 and m["steps"] == 50 and m["test_size"] == 400
+    assert m["chance_top1"] == 5.0
+    assert 10 < m["scratch_top1"] < 90 and 10 < m["transfer_top1"] <= 100
+    assert m["transfer_top1"] > m["scratch_top1"] + 5  # the lesson's claim, with a margin
+    assert m["gain"] == pytest.approx(m["transfer_top1"] - m["scratch_top1"], abs=1e-3)
+    assert m["mistakes"] == round(400 * (1 - m["transfer_top1"] / 100))
+    assert list(shared_cache.glob("pretrained/*/model.safetensors"))  # cached for the others
+
+
+def test_a_bad_parameter_fails_in_the_first_cells(shared_cache, tmp_path):
+    with pytest.raises(runs.NotebookFailed) as e:
+        runs.run_notebook(NOTEBOOKS / "00_quickstart.ipynb", {"task": "world-objcts"},
+                          tmp_path / "bad", log_output=False)
+    assert "ParameterError: parameter task = 'world-objcts'" in e.value.error
+    assert "Did you mean 'world-objects'" in e.value.error
+    assert e.value.cell is not None and e.value.cell <= 3  # before any training
+
+
+@pytest.mark.slow
+def test_01_architecture(shared_cache, tmp_path):
+    m = run("01_architecture", tmp_path, train_size=300, test_size=300, steps=20, batch_size=16,
+            micro_batch=4)
+    err = m["split_error"]
+    assert err["GN+WS"] < 1e-4 and err["GN"] < 1e-4  # exact: no batch statistics
+    assert err["BN"] > 1e-2 and err["BN+WS"] > 1e-2  # BN's gradient depends on the split
+    assert set(m["top1"]) == {f"{v}@{b}" for v in ("BN", "BN+WS", "GN", "GN+WS") for b in (16, 4)}
+    assert all(0 <= t <= 100 for t in m["top1"].values())
+    assert abs(m["gnws_split_drop"]) <= 5  # the same update either way, up to float noise
+    assert m["chance_top1"] == 5.0
+
+
+@pytest.mark.slow
+def test_02_pretraining(shared_cache, tmp_path):
+    # Its own tiny runs (one model x 2 upstream sizes, a longer run, a run without weight decay;
+    # the model axis is the same loop), 5 steps each: the networks are nearly untrained, so the
+    # test checks the bookkeeping and the claims that hold for any network, not the paper's trends.
+    models, sizes = ["R14x0.25"], [256, 512]
+    m = run("02_pretraining", tmp_path, models=models, upstream_sizes=sizes, upstream_steps=5,
+            upstream_batch=16, longer=2, shots=[1, 5], seeds=[0, 1, 2], pool_size=300,
+            test_size=100, val_size=100)
+    assert m["models"] == models and m["upstream_sizes"] == sizes and m["upstream_steps"] == 5
+    assert m["chance_top1"] == 5.0
+    assert m["chance_upstream_top1"] == pytest.approx(100 / 728, abs=1e-5)  # 6 decimals kept
+    points = [m["grid"][model][str(size)] for model in models for size in sizes]
+    points += [m["schedule"]["2x"], *m["weight_decay"].values()]
+    for p in points:
+        assert 0 <= p["upstream_top1"] <= 100 and p["conv_weight_norm"] > 0
+        assert set(p["linear"]) == {"1", "5"}
+        assert all(m["chance_top1"] < v <= 100 for v in p["linear"].values())  # features carry signal
+        assert p["linear"]["5"] > p["linear"]["1"]  # more shots help, for any feature extractor
+    sched = m["schedule"]
+    assert sched["model"] == models[0] and sched["upstream_size"] == max(sizes)
+    assert sched["1x"]["steps"] == 5 and sched["2x"]["steps"] == 10
+    assert sched["1x"]["upstream_top1"] == m["grid"][models[0]][str(max(sizes))]["upstream_top1"]
+    wd = m["weight_decay"]
+    assert set(wd) == {"0.0001", "0"}  # BiT's 1e-4 is the grid run itself, reused from the cache
+    assert wd["0.0001"] == m["grid"][models[0]][str(max(sizes))]
+    assert wd["0"]["conv_weight_norm"] >= wd["0.0001"]["conv_weight_norm"]  # no decay: weights grow
+
+
+@pytest.mark.slow
+def test_03_transfer(shared_cache, tmp_path):
+    tasks = ["world-objects", "world-texture", "digits"]
+    m = run("03_transfer", tmp_path, **UPSTREAM, tasks=tasks, train_size=300, steps=40,
+            test_size=300)
+    assert list(m["tasks"]) == tasks and m["processes"] == 1
+    for name, t in m["tasks"].items():
+        assert t["train_size"] == 300 and 0 <= t["scratch"] <= 100, name
+        assert t["transfer"] > t["chance"], name  # transfer learns every task
+        assert t["paper BiT-L"] is None  # embedded and sklearn tasks: no paper number
+    objects = m["tasks"]["world-objects"]
+    assert objects["transfer"] > objects["scratch"] + 5
+    assert m["mean_transfer"] > m["mean_scratch"]
+
+
+@pytest.mark.slow
+def test_04_few_shot(shared_cache, tmp_path):
+    m = run("04_few_shot", tmp_path, **UPSTREAM, shots=[1, 5], seeds=[0, 1, 2],
+            finetune_shots=[1], finetune_seeds=[0], finetune_steps=20, test_size=400)
+    up, rnd = m["linear_upstream"], m["linear_random"]
+    assert set(up) == set(rnd) == {"1", "5"} and m["seeds"] == 3
+    assert up["5"] > up["1"]  # more shots help
+    assert up["5"] > rnd["5"] + 5  # pre-trained features beat random ones
+    assert all(s >= 0 for s in m["linear_upstream_spread"].values())
+    assert m["chance_top1"] < m["finetuned_upstream"]["1"] <= 100
+
+
+def test_05_takes_the_random_search_trials_of_bitkit_sweep():
+    # `bitkit sweep notebooks/05_vtab.ipynb --search N` passes each trial's numbers as parameters
+    nb = NOTEBOOKS / "05_vtab.ipynb"
+    for trial in runs.search_trials(6, steps_scale=0.01):
+        assert runs.resolve_parameters(nb, trial) == trial
+
+
+@pytest.mark.slow
+def test_05_vtab(shared_cache, tmp_path):
+    tasks = ["world-objects", "world-count"]
+    # 2 trials of 5 and 16 steps (steps_scale 0.001) per task, HyperRule shortened to 30 steps
+    m = run("05_vtab", tmp_path, **UPSTREAM, tasks=tasks, trials=2, steps_scale=0.001,
+            hyperrule_steps=30, batch_size=16, test_size=100)
+    assert list(m["tasks"]) == tasks and m["trials"] == 2 and m["hyperrule_steps"] == 30
+    for name, t in m["tasks"].items():
+        assert [r["trial"] for r in t["trials"]] == [0, 1], name  # SearchSpace trials 0 and 1
+        assert all(0 <= r[k] <= 100 for r in t["trials"] for k in ("val", "test")), name
+        best = max(t["trials"], key=lambda r: r["val"])  # selected on val200, never on test
+        assert t["best_val"] == best["val"] and t["best_trial"] == best["trial"], name
+        assert 0 <= t["search"] <= 100 and 0 <= t["hyperrule"] <= 100, name
+        assert t["cost_vs_hyperrule"] > 0, name
+    objects = m["tasks"]["world-objects"]
+    assert objects["hyperrule"] > objects["chance"] + 10  # the rule transfers a natural task
+    assert set(m["groups"]) == {"natural", "structured"}
+    assert m["vtab_hyperrule"] == pytest.approx(
+        sum(t["hyperrule"] for t in m["tasks"].values()) / 2, abs=1e-3)
+    assert m["search_minus_hyperrule"] == pytest.approx(m["vtab_search"] - m["vtab_hyperrule"],
+                                                        abs=1e-3)
+    curve = m["curve"]
+    assert curve["trials"] == [1, 2]
+    assert curve["val"][1] >= curve["val"][0]  # best-so-far on val200 can only go up
+    assert all(0 <= v <= 100 for v in curve["test"])
+
+
+@pytest.mark.slow
+def test_06_error_browser(shared_cache, tmp_path):
+    m = run("06_error_browser", tmp_path, **UPSTREAM, train_size=300, steps=40, test_size=300)
+    assert m["test_size"] == 300 and m["steps"] == 40
+    assert m["mistakes"] == round(300 * (1 - m["top1"] / 100))
+    assert 15 < m["top1"] <= m["top5"] <= 100  # chance is 5%
+    assert m["hardest_class_accuracy"] <= m["top1"] <= m["easiest_class_accuracy"]
+    assert m["most_confused"]["count"] >= 1
+    assert m["review"] == {"model right": 0, "label right": 0, "unsure": 0, "both wrong": 0}
+
+
+@pytest.mark.slow
+def test_07_duplicates(shared_cache, tmp_path):
+    m = run("07_duplicates", tmp_path, **UPSTREAM, search_size=5000, train_size=300, steps=40)
+    assert m["planted"] == 40 and m["test_size"] == 1000  # min(40, 5000 // 10) pairs planted
+    assert 0.5 <= m["threshold"] <= 1
+    assert 0 < m["precision"] <= 1 and 0 < m["recall"] <= 1
+    assert 1 <= m["dups"] <= 200
+    assert 0 <= m["dedup"] <= 100 and 0 <= m["full"] <= 100
+    assert abs(m["full"] - m["dedup"]) < 3  # supplementary B: duplicates barely move accuracy
+
+
+@pytest.mark.slow
+def test_08_out_of_context(shared_cache, tmp_path):
+    m = run("08_out_of_context", tmp_path, **{k: v for k, v in UPSTREAM.items()
+                                              if k != "upstream_size"},
+            upstream_sizes=[UPSTREAM["upstream_size"]], n_objects=24, iid_size=500)
+    assert m["objects"] == 24 and m["images"] == 24 * m["backgrounds"]
+    (point,) = m["models"].values()
+    assert point["iid_top1"] > 5 * m["chance_top1"]  # the upstream model learnt its classes
+    assert point["ooc_top1"] < point["iid_top1"]  # out of context is harder (supplementary F)
