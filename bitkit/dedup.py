@@ -28,7 +28,6 @@ On a GPU, keep TF32 matmuls off (PyTorch's default) for similarities exact to fl
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,7 +40,7 @@ from torch import nn
 
 import bitkit
 from bitkit.evaluate import Data, Report, _dataset_of, _features_fn, example_ids, run_model
-from bitkit.fileio import atomic_write
+from bitkit.fileio import load_npz, save_npz
 
 #: A starting threshold on cosine similarity of L2-normalised pre-logits. Choose it for your
 #: model with :meth:`DuplicateReport.sweep` against known pairs; the paper does not state one.
@@ -331,25 +330,18 @@ class DuplicateReport:
 
     def save(self, path: str | Path) -> Path:
         """Compressed ``.npz`` with JSON metadata (loads without pickle)."""
-        path = Path(path).with_suffix(".npz")
-        path.parent.mkdir(parents=True, exist_ok=True)
         info = {"threshold": self.threshold, "exact": self.exact, "meta": self.meta,
                 "format": "bitkit.DuplicateReport/1"}
-        return atomic_write(path, lambda f: np.savez_compressed(
-            f, query_ids=self.query_ids.astype(str), neighbour_ids=self.neighbour_ids.astype(str),
-            similarity=self.similarity, info=np.asarray(json.dumps(info))))
+        return save_npz(Path(path).with_suffix(".npz"),
+                        {"query_ids": self.query_ids.astype(str),
+                         "neighbour_ids": self.neighbour_ids.astype(str),
+                         "similarity": self.similarity}, info)
 
     @classmethod
     def load(cls, path: str | Path) -> DuplicateReport:
-        path = Path(path)
-        if not path.exists():
-            raise FileNotFoundError(f"no duplicate report at {path}")
-        with np.load(path, allow_pickle=False) as z:
-            if "info" not in z.files:
-                raise ValueError(f"{path} is not a bitkit DuplicateReport (no 'info' entry)")
-            info = json.loads(str(z["info"]))
-            return cls(z["query_ids"], z["neighbour_ids"], z["similarity"],
-                       [tuple(p) for p in info["exact"]], info["threshold"], info["meta"])
+        z, info = load_npz(path, "DuplicateReport", missing="duplicate report")
+        return cls(z["query_ids"], z["neighbour_ids"], z["similarity"],
+                   [tuple(p) for p in info["exact"]], info["threshold"], info["meta"])
 
 
 def _ids_at(data: Data, positions: np.ndarray) -> np.ndarray:

@@ -24,7 +24,6 @@ mistakes and are left out of the confusion matrix.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,7 +37,7 @@ from torch.utils.data import DataLoader, Dataset, SequentialSampler, Subset
 from tqdm.auto import tqdm
 
 import bitkit
-from bitkit.fileio import atomic_write
+from bitkit.fileio import load_npz, save_npz
 
 Data = Dataset | DataLoader
 ClassRef = int | str
@@ -358,29 +357,21 @@ class Report:
         path = Path(path)
         if path.suffix != ".npz":
             path = path.with_suffix(path.suffix + ".npz") if path.suffix else path.with_suffix(".npz")
-        path.parent.mkdir(parents=True, exist_ok=True)
         arrays = {"ids": self.ids.astype(str), "targets": self.targets, "label": self.label,
                   "topk": self.topk, "topk_prob": self.topk_prob, "loss": self.loss}
         if self.logits is not None:
             arrays["logits"] = self.logits
         info = {"class_names": self.class_names, "multi_label": self.multi_label,
                 "meta": self.meta, "format": "bitkit.Report/1"}
-        return atomic_write(path, lambda f: np.savez_compressed(
-            f, info=np.asarray(json.dumps(info)), **arrays))
+        return save_npz(path, arrays, info)
 
     @classmethod
     def load(cls, path: str | Path) -> Report:
-        path = Path(path)
-        if not path.exists():
-            raise FileNotFoundError(f"no report at {path}")
-        with np.load(path, allow_pickle=False) as z:
-            if "info" not in z.files:
-                raise ValueError(f"{path} is not a bitkit Report (no 'info' entry)")
-            info = json.loads(str(z["info"]))
-            return cls(ids=z["ids"], targets=z["targets"], label=z["label"], topk=z["topk"],
-                       topk_prob=z["topk_prob"], loss=z["loss"], class_names=info["class_names"],
-                       multi_label=bool(info["multi_label"]),
-                       logits=z["logits"] if "logits" in z.files else None, meta=info["meta"])
+        z, info = load_npz(path, "Report", missing="report")
+        return cls(ids=z["ids"], targets=z["targets"], label=z["label"], topk=z["topk"],
+                   topk_prob=z["topk_prob"], loss=z["loss"], class_names=info["class_names"],
+                   multi_label=bool(info["multi_label"]), logits=z.get("logits"),
+                   meta=info["meta"])
 
 
 # --------------------------------------------------------------------------------------------

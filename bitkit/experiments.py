@@ -137,7 +137,7 @@ def _cache_folder(settings: dict[str, Any], cache_dir: str | os.PathLike | None)
 
 @dataclass
 class TransferRun:
-    """One fine-tuning run: the rule's recipe, how training ended, and the test report."""
+    """One fine-tuning run: the recipe, how training ended, and the test report."""
 
     task: str
     train_size: int
@@ -154,18 +154,27 @@ class TransferRun:
         return {"task": self.task, "model": self.model.name, "train_size": self.train_size,
                 "steps": self.recipe.schedule.total_steps, "top1": self.top1}
 
+    def evaluate(self, dataset: Dataset, *, progress: bool = True) -> Report:
+        """The fine-tuned model on another raw dataset (e.g. a validation split), preprocessed
+        as the test set was: resized to the recipe's crop."""
+        return predict(self.model, data.preprocess(dataset, train=False, resize=self.recipe.resize,
+                                                   crop=self.recipe.crop), progress=progress)
+
 
 def finetune(
     task: str,
     start: ResNetV2 | str = "R14x0.25",
     *,
+    train_set: Dataset | None = None,
+    test_set: Dataset | None = None,
+    recipe: Recipe | None = None,
     train_size: int | None = None,
     shots: int | None = None,
     test_size: int | None = None,
     steps: int | None = None,
-    batch_size: int = 64,
+    batch_size: int | None = None,
     seed: int = 0,
-    base_lr: float = hyperrule.BASE_LR,
+    base_lr: float | None = None,
     path: str | os.PathLike | None = None,
     out_dir: str | os.PathLike | None = None,
     observers: Sequence[Observer] = (),
@@ -179,42 +188,119 @@ def finetune(
     paper 3.3) or a model name (the same architecture trained from scratch: the baseline).
     ``shots`` takes a seeded, balanced k-shot subset; ``train_size`` the first n examples of a
     seeded shuffle. ``steps`` compresses the rule's schedule for CPU runs (labelled as such in
-    the recipe's explanation); None keeps BiT's. ``base_lr`` replaces the rule's 0.003 (the
-    rule's one fixed number): a fair from-scratch baseline needs its own, larger lr, so
-    comparisons such as ``bench/world_transfer.py`` sweep it per arm. ``path`` is a local copy
-    of the task's data (``bitkit.data.load(task, split, path=...)``): the VTAB-1k tasks and
-    other local-only cards need it.
-    """
-    raw_train = data.load(task, "train", path=path)
-    card = raw_train.card
-    train_set: Dataset = raw_train
-    if shots is not None:
-        train_set = data.kshot(raw_train, shots, seed)
-    elif train_size is not None:
-        if not 0 < train_size <= len(raw_train):
-            raise ValueError(f"train_size must be in 1..{len(raw_train)} for {task!r}, "
-                             f"got {train_size}")
-        order = torch.randperm(len(raw_train), generator=torch.Generator().manual_seed(seed))
-        train_set = data.SubsetDataset(raw_train, order[:train_size].numpy(), tag=f"n={train_size}")
-    recipe = hyperrule.hyperrule(card, train_size=len(train_set), batch_size=batch_size,
-                                 base_lr=base_lr)
-    if steps is not None:
-        recipe = recipe.shortened(steps)
-    recipe = hyperrule.resolution_for(card, recipe)  # a card's teaching resolution, if any
+    the recipe's explanation); None keeps BiT's. ``batch_size``: None is 64. ``base_lr``
+    replaces the rule's 0.003 (the rule's one fixed number; None keeps it): a fair
+    from-scratch baseline needs its own, larger lr, so comparisons such as
+    ``bench/world_transfer.py`` sweep it per arm. ``path`` is a local copy of the task's data
+    (``bitkit.data.load(task, split, path=...)``): the VTAB-1k tasks and other local-only cards
+    need it.
 
-    raw_test = data.load(task, card.eval_split, path=path)
-    if test_size is not None:
-        raw_test = data.SubsetDataset(raw_test, range(min(test_size, len(raw_test))))
+    Data and recipe already chosen (e.g. the VTAB-1k splits and search trials of lesson 05):
+
+    - ``train_set``: raw training data to use as is (a ``bitkit.data`` dataset, e.g. a
+      ``SubsetDataset``; it needs ``num_classes``, and a ``card`` unless ``recipe`` is given).
+      Not with ``shots``/``train_size``, which choose a subset of the task's own train split.
+    - ``test_set``: raw test data to use as is; not with ``test_size``.
+    - ``recipe``: a ready :class:`~bitkit.hyperrule.Recipe`, used exactly as given (schedule,
+      batch, resolution, regulariser: nothing is recomputed or resized). Not with ``steps``,
+      ``batch_size`` or ``base_lr``, which build BiT-HyperRule's recipe; shorten a given one
+      with ``recipe.shortened(n)``.
+
+    ``task`` names the run (and gives the test split when ``test_set`` is None); a ``train_set``
+    of another card is refused. ``path`` is refused when both sets are given: nothing is read.
+    """
+    _check_finetune_options(task, train_set=train_set, test_set=test_set, recipe=recipe,
+                            train_size=train_size, shots=shots, test_size=test_size,
+                            steps=steps, batch_size=batch_size, base_lr=base_lr, path=path)
+    if train_set is None:
+        raw_train = data.load(task, "train", path=path)
+        card = raw_train.card
+        train_set = raw_train
+        if shots is not None:
+            train_set = data.kshot(raw_train, shots, seed)
+        elif train_size is not None:
+            if not 0 < train_size <= len(raw_train):
+                raise ValueError(f"train_size must be in 1..{len(raw_train)} for {task!r}, "
+                                 f"got {train_size}")
+            order = torch.randperm(len(raw_train), generator=torch.Generator().manual_seed(seed))
+            train_set = data.SubsetDataset(raw_train, order[:train_size].numpy(),
+                                           tag=f"n={train_size}")
+    else:
+        card = getattr(train_set, "card", None)
+    num_classes, class_names = train_set.num_classes, getattr(train_set, "class_names", None)
+
+    if recipe is None:
+        recipe = hyperrule.hyperrule(card, train_size=len(train_set),
+                                     batch_size=64 if batch_size is None else batch_size,
+                                     base_lr=hyperrule.BASE_LR if base_lr is None else base_lr)
+        if steps is not None:
+            recipe = recipe.shortened(steps)
+        recipe = hyperrule.resolution_for(card, recipe)  # a card's teaching resolution, if any
+
+    if test_set is None:
+        eval_split = (card or data.get_card(task)).eval_split
+        test_set = data.load(task, eval_split, path=path)
+        if test_size is not None:
+            test_set = data.SubsetDataset(test_set, range(min(test_size, len(test_set))))
 
     if isinstance(start, str):
         torch.manual_seed(seed)
-        model = create(start, num_classes=raw_train.num_classes)
+        model = create(start, num_classes=num_classes)
     else:
-        model = copy.deepcopy(start).reset_head(raw_train.num_classes, zero_init=True)
+        model = copy.deepcopy(start).reset_head(num_classes, zero_init=True)
     config = TrainConfig.from_recipe(recipe, seed=seed, progress=progress, **train_overrides)
     sizes = dict(resize=recipe.resize, crop=recipe.crop)
     result = fit(model, data.preprocess(train_set, train=True, **sizes), config,
                  out_dir=out_dir, observers=observers, control=control)
-    report = predict(model, data.preprocess(raw_test, train=False, **sizes), progress=progress,
-                     class_names=raw_train.class_names)
+    report = predict(model, data.preprocess(test_set, train=False, **sizes), progress=progress,
+                     class_names=class_names)
     return TransferRun(task, len(train_set), model, recipe, result, report)
+
+
+def _check_finetune_options(task: str, *, train_set: Dataset | None, test_set: Dataset | None,
+                            recipe: Recipe | None, train_size: int | None, shots: int | None,
+                            test_size: int | None, steps: int | None, batch_size: int | None,
+                            base_lr: float | None, path: str | os.PathLike | None) -> None:
+    """Refuse options that contradict each other, naming both and the way out."""
+
+    def given(**options: Any) -> str:
+        return ", ".join(f"{k}=" for k, v in options.items() if v is not None)
+
+    if shots is not None and train_size is not None:
+        raise ValueError("finetune: shots= (a k-shot subset) and train_size= (the first n of a "
+                         "shuffle) both choose the training subset; pass one of them")
+    if train_set is not None:
+        if shots is not None or train_size is not None:
+            raise ValueError(f"finetune: train_set= is the training data as given, but "
+                             f"{given(shots=shots, train_size=train_size)} choose a subset of the "
+                             f"task's own train split; pass one or the other (a k-shot subset of "
+                             f"your set: train_set=bitkit.data.kshot(your_set, k, seed))")
+        if not hasattr(train_set, "num_classes"):
+            raise ValueError(f"finetune: train_set= needs a num_classes attribute for the new "
+                             f"head ({type(train_set).__name__} has none); bitkit.data datasets "
+                             f"have it")
+        card = getattr(train_set, "card", None)
+        if card is None and recipe is None:
+            raise ValueError("finetune: train_set= has no data card (.card), which BiT-HyperRule "
+                             "needs for the image size and the allowed augmentations; pass "
+                             "recipe= as well")
+        if (card is not None and card.source.kind != "local" and isinstance(task, str)
+                and task.strip().lower() != card.name):
+            raise ValueError(f"finetune: train_set= is {card.name!r} data but task={task!r}; "
+                             f"pass task={card.name!r}")
+    if test_set is not None and test_size is not None:
+        raise ValueError("finetune: test_set= is the test data as given, but test_size= takes "
+                         "the first n of the task's own test split; pass one or the other (the "
+                         "first n of your set: bitkit.data.SubsetDataset(your_set, range(n)))")
+    if train_set is not None and test_set is not None and path is not None:
+        raise ValueError("finetune: path= locates the task's data, but train_set= and test_set= "
+                         "are both given, so nothing would be read from it; drop path=")
+    if recipe is not None:
+        if not isinstance(recipe, Recipe):
+            raise TypeError(f"finetune: recipe= must be a bitkit.hyperrule.Recipe, not "
+                            f"{type(recipe).__name__}")
+        rule = given(steps=steps, batch_size=batch_size, base_lr=base_lr)
+        if rule:
+            raise ValueError(f"finetune: recipe= is used as given, but {rule} build "
+                             f"BiT-HyperRule's recipe; drop them (a shorter given recipe: "
+                             f"recipe.shortened(n))")

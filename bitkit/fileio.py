@@ -12,15 +12,22 @@ goes through the same three steps:
 
 The temporary file is removed if anything fails, and its name is unique (``mkstemp``), so two
 processes writing the same path cannot clobber each other's temporary file.
+
+Result objects (``evaluate.Report``, ``dedup.DuplicateReport``) share one file shape on top of
+it: :func:`save_npz` / :func:`load_npz`, a compressed ``.npz`` of arrays plus a JSON ``info``
+entry, readable without pickle.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import IO, Any
+
+import numpy as np
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[IO[Any]], Any], *,
@@ -55,3 +62,35 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[Any]], Any], *,
 def atomic_write_text(path: str | os.PathLike, content: str) -> Path:
     """``Path.write_text``, atomically (see :func:`atomic_write`)."""
     return atomic_write(path, lambda f: f.write(content), text=True)
+
+
+def save_npz(path: str | os.PathLike, arrays: Mapping[str, np.ndarray],
+             info: Mapping[str, Any]) -> Path:
+    """Arrays plus JSON metadata as one compressed ``.npz``, atomically; loads without pickle.
+
+    ``info`` (JSON-serialisable) is stored as the string entry ``"info"``, so no array may take
+    that name. ``path`` is used as given (the caller decides its suffix). Returns the path.
+    """
+    if "info" in arrays:
+        raise ValueError("'info' is reserved for the JSON metadata; rename that array")
+    return atomic_write(path, lambda f: np.savez_compressed(
+        f, info=np.asarray(json.dumps(info)), **arrays))
+
+
+def load_npz(path: str | os.PathLike, kind: str,
+             missing: str | None = None) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Read a :func:`save_npz` file: ``(arrays, info)``, with ``allow_pickle=False``.
+
+    ``kind`` names the object in errors: ``ValueError("... is not a bitkit {kind} ...")`` for
+    an ``.npz`` without ``info``; ``FileNotFoundError("no {missing} at {path}")`` when there
+    is no file (``missing`` defaults to ``kind``).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no {missing or kind} at {path}")
+    with np.load(path, allow_pickle=False) as z:
+        if "info" not in z.files:
+            raise ValueError(f"{path} is not a bitkit {kind} (no 'info' entry)")
+        info = json.loads(str(z["info"]))
+        arrays = {name: z[name] for name in z.files if name != "info"}
+    return arrays, info

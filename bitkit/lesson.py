@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from bitkit import data, models
+from bitkit.data.cards import UnknownDataset
 
 RUN_DIR_ENV = "BITKIT_RUN_DIR"
 QUIET_ENV = "BITKIT_RUN_QUIET"
@@ -82,8 +83,8 @@ def _task(name: str, value: Any) -> str:
         return value
     try:
         card = data.get_card(value)
-    except KeyError as e:
-        raise _fail(name, value, str(e).strip("\"'")) from None
+    except UnknownDataset as e:  # its str() is the message: the closest names, `bitkit cards`
+        raise _fail(name, value, str(e)) from None
     if not card.available:
         raise _fail(name, value, f"{card.title} cannot be loaded ({card.source.kind}); pick a "
                     "member dataset or another card")
@@ -124,8 +125,8 @@ def _weights(name: str, value: Any) -> str | None:
 def _upstream(name: str, value: Any) -> str:
     try:
         card = data.get_card(str(value))
-    except KeyError as e:
-        raise _fail(name, value, str(e).strip("\"'")) from None
+    except UnknownDataset as e:  # its str() is the message: the closest names, `bitkit cards`
+        raise _fail(name, value, str(e)) from None
     if card.group != "embedded-upstream":
         raise _fail(name, value, "lessons pre-train on an embedded upstream world "
                     f"({', '.join(data.list_cards('embedded-upstream'))}); for a real upstream "

@@ -5,19 +5,13 @@ import json
 import numpy as np
 import pytest
 import torch
-from test_train import write_run
+from conftest import write_run
 
 from bitkit import checkpoint, distributed, runfile
 from bitkit.distributed import DistInfo, StepSampler, env_info, shard_indices, slurm_master_addr
 from bitkit.models import create
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_env_info_reads_torchrun_then_slurm():

@@ -2,8 +2,9 @@
 
 import pytest
 import torch
+from torch.utils.data import TensorDataset
 
-from bitkit import experiments, hyperrule
+from bitkit import data, experiments, hyperrule
 from bitkit.events import RunControl
 
 SMALL = dict(model="R14x0.25", size=2048, steps=12, batch_size=64, progress=False)
@@ -71,6 +72,55 @@ def test_finetune_k_shot_and_bad_parameters(tmp_path):
         experiments.finetune("world-objects", train_size=5000, progress=False)
     with pytest.raises(ValueError, match="at least one batch"):
         experiments.pretrain(**{**SMALL, "size": 10}, cache_dir=tmp_path)
+
+
+def test_finetune_on_given_data_with_a_given_recipe():
+    raw = data.load("world-objects", "train")
+    train_set = data.SubsetDataset(raw, range(48), tag="first 48")
+    val = data.SubsetDataset(raw, range(48, 72))
+    test_set = data.SubsetDataset(data.load("world-objects", "test"), range(30))
+    recipe = hyperrule.hyperrule(raw.card, train_size=48, batch_size=16).shortened(5) \
+        .at_resolution(20, 16, why="a test")
+    run = experiments.finetune("world-objects", "R14x0.25", train_set=train_set,
+                               test_set=test_set, recipe=recipe, progress=False)
+    assert run.recipe is recipe and run.result.step == 5  # used as given: not resized
+    assert run.train_size == 48 and run.model.num_classes == 20
+    assert len(run.report.targets) == 30 and run.report.class_names == raw.class_names
+    assert len(run.evaluate(val, progress=False).targets) == 24
+    assert run.evaluate(test_set, progress=False).top1 == run.top1  # evaluate = the test path
+    # a given train set without a recipe: the rule from its card and size, the task's test split
+    ruled = experiments.finetune("world-objects", train_set=train_set, steps=5, test_size=20,
+                                 batch_size=16, progress=False)
+    assert ruled.result.step == 5 and len(ruled.report.targets) == 20
+    assert "48 training images" in ruled.recipe.explain() and ruled.recipe.crop == 32
+
+
+def test_finetune_refuses_options_that_contradict():
+    raw = data.load("world-objects", "train")
+    some = data.SubsetDataset(raw, range(8))
+    recipe = hyperrule.hyperrule(raw.card, train_size=8)
+    bad = [
+        (dict(train_set=some, shots=1), "train_set= is the training data as given, but shots="),
+        (dict(train_set=some, train_size=4), "but train_size= choose a subset"),
+        (dict(shots=1, train_size=4), "pass one of them"),
+        (dict(test_set=some, test_size=4), "test_set= is the test data as given, but test_size="),
+        (dict(train_set=some, test_set=some, path="x"), "nothing would be read from it"),
+        (dict(recipe=recipe, steps=5), "recipe= is used as given, but steps= build"),
+        (dict(recipe=recipe, batch_size=8, base_lr=0.1), "but batch_size=, base_lr= build"),
+        (dict(train_set=TensorDataset(torch.zeros(2, 3, 8, 8), torch.zeros(2))),
+         "needs a num_classes attribute"),
+    ]
+    for options, message in bad:
+        with pytest.raises(ValueError, match=message):
+            experiments.finetune("world-objects", progress=False, **options)
+    with pytest.raises(ValueError, match="train_set= is 'world-objects' data but task='world-count'"):
+        experiments.finetune("world-count", train_set=some, progress=False)
+    no_card = TensorDataset(torch.zeros(2, 3, 8, 8), torch.zeros(2))
+    no_card.num_classes = 2
+    with pytest.raises(ValueError, match="no data card .* pass recipe="):
+        experiments.finetune("world-objects", train_set=no_card, progress=False)
+    with pytest.raises(TypeError, match="must be a bitkit.hyperrule.Recipe"):
+        experiments.finetune("world-objects", recipe={"steps": 5}, progress=False)
 
 
 def test_shortened_recipe_keeps_the_schedule_shape():

@@ -9,7 +9,7 @@ import torch
 from bitkit import checkpoint, dedup, ooc, weights
 from bitkit.evaluate import report_from_logits
 from bitkit.events import Event, JsonlLogger, read_jsonl
-from bitkit.fileio import atomic_write, atomic_write_text
+from bitkit.fileio import atomic_write, atomic_write_text, load_npz, save_npz
 from bitkit.models import create
 
 
@@ -74,3 +74,20 @@ def test_every_writer_goes_through_atomic_write(tmp_path, replaced):
     ooc.build([fg], [bg], tmp_path / "ooc", hf=False, progress=False)
     check(tmp_path / "ooc" / "metadata.jsonl")
     assert torch.load(tmp_path / "ckpt.pt", weights_only=True)["step"] == 1
+
+
+def test_npz_with_json_info_round_trips_without_pickle(tmp_path):
+    arrays = {"ids": np.array(["a", "b"]), "x": np.arange(6, dtype=np.float32).reshape(2, 3)}
+    path = save_npz(tmp_path / "sub" / "r.npz", arrays, {"meta": {"k": 1}, "format": "t/1"})
+    assert path == tmp_path / "sub" / "r.npz" and os.listdir(path.parent) == ["r.npz"]
+    back, info = load_npz(path, "Thing")
+    assert info == {"meta": {"k": 1}, "format": "t/1"} and set(back) == {"ids", "x"}
+    for name, a in arrays.items():
+        np.testing.assert_array_equal(back[name], a)
+    with pytest.raises(ValueError, match="'info' is reserved"):
+        save_npz(tmp_path / "bad.npz", {"info": np.zeros(1)}, {})
+    with pytest.raises(FileNotFoundError, match="no thing report at"):
+        load_npz(tmp_path / "missing.npz", "Thing", missing="thing report")
+    np.savez(tmp_path / "plain.npz", x=np.zeros(2))
+    with pytest.raises(ValueError, match="plain.npz is not a bitkit Thing"):
+        load_npz(tmp_path / "plain.npz", "Thing")

@@ -6,7 +6,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from torch.utils.data import Dataset
+from conftest import Images, write_run  # test_checkpoint imports write_run from here
 
 from bitkit import cli, runfile, train
 from bitkit.checkpoint import CheckpointMismatch, load
@@ -16,35 +16,7 @@ from bitkit.hyperrule import Schedule, hyperrule
 from bitkit.models import create
 from bitkit.train import TrainConfig, TrainingDiverged, fit, mixup_lambda
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Two shared cores: one intra-op thread per process is ~50x faster than two contending.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-class Images(Dataset):
-    """Random 16 px images with a learnable label: the class is the brightest colour channel."""
-
-    def __init__(self, n=64, classes=3, seed=0, multi_hot=False):
-        g = torch.Generator().manual_seed(seed)
-        self.x = torch.rand(n, 3, 16, 16, generator=g) * 2 - 1
-        self.y = self.x.mean(dim=(2, 3)).argmax(dim=1) % classes
-        self.multi_hot, self.classes = multi_hot, classes
-
-    def __len__(self):
-        return len(self.x)
-
-    def __getitem__(self, i):
-        if self.multi_hot:
-            t = torch.zeros(self.classes)
-            t[self.y[i]] = 1.0
-            t[(self.y[i] + 1) % self.classes] = 1.0
-            return self.x[i], t
-        return self.x[i], int(self.y[i])
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def config(steps=4, **kw):
@@ -346,21 +318,6 @@ def test_from_recipe_carries_the_rule():
         r.schedule, 512, 4, 0.1)
     assert cfg.weight_decay == 0.0 and cfg.dropout is None and cfg.eval_every == 100
     assert TrainConfig(**{**cfg.to_dict()}).schedule == r.schedule  # round trip via plain data
-
-
-def write_run(tmp_path, name="run", steps=3, data=None, **train_overrides):
-    """A run file over a .pt tensor file (JSON is YAML); returns its path."""
-    data = data or Images()
-    torch.save({"images": data.x, "labels": data.y}, tmp_path / "train.pt")
-    train_cfg = {"batch_size": 8, "progress": False,
-                 "schedule": {"base_lr": 0.1, "warmup_steps": 1, "decay_steps": [],
-                              "total_steps": steps}, **train_overrides}
-    path = tmp_path / f"{name}.yaml"
-    path.write_text(json.dumps({
-        "model": "R14x0.25", "train_data": str(tmp_path / "train.pt"),
-        "eval_data": str(tmp_path / "train.pt"), "out_dir": str(tmp_path / name),
-        "train": train_cfg}))
-    return path
 
 
 def test_bitkit_train_runs_a_yaml_run_file(tmp_path, capsys):

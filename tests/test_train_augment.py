@@ -14,13 +14,7 @@ from bitkit.hyperrule import Schedule
 from bitkit.models import create
 from bitkit.train import TrainConfig, fit
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _train_set():
