@@ -19,12 +19,12 @@ is chosen on the test split (one number per task and arm, the same optimism for 
 table prints which lr won). Printed: top-1 per task and arm, differences pre-trained - scratch
 and large - small, and group means (natural, specialised, structured, as in VTAB).
 
-Default (estimated ~15 minutes on 2 idle CPU cores: ~100k upstream images seen per model, 63
-short fine-tunes): R14x0.25 with all three arms on every task, and R26x0.5 pre-trained on the
-large upstream vs scratch on ``--size-tasks`` (model size axis). The default upstream settings
-equal ``tests/test_world_transfer.py``'s, so both share a cache. Bigger runs:
-``--upstream-size 1000000 --upstream-steps 4000 --upstream-batch 128 --lrs 0.003 0.01 0.03 0.1
---size-tasks all``. On a busy machine ``--threads 1`` is often faster than 2.
+Default (about 30 minutes on 2 idle CPU cores with ``--threads 1`` while another job uses the
+other core; each pre-training sees 384k upstream images): R14x0.25 with all three arms on every
+task, then R26x0.5 pre-trained on the large upstream vs scratch on every task (model size axis).
+The last block prints the three claims as group means. ``tests/test_world_transfer.py`` checks
+the same claims on a smaller, faster configuration. On a busy machine ``--threads 1``: two torch
+processes with 2 threads each on 2 cores run many times slower than either alone.
 
 Run: ``.venv/bin/python bench/world_transfer.py [--help]``.
 """
@@ -39,14 +39,11 @@ from pathlib import Path
 
 import torch
 
-from bitkit import experiments
+from bitkit import data, experiments
 
-#: Every world task, by VTAB group.
-GROUPS = {
-    "natural": ("world-objects", "world-fine"),
-    "specialised": ("world-texture",),
-    "structured": ("world-count", "world-orientation", "world-location", "world-distance"),
-}
+#: Every world task, by VTAB group (the cards' ``group`` field).
+GROUPS = {g: tuple(data.list_cards(f"embedded-{g}")) for g in ("natural", "specialized",
+                                                                "structured")}
 TASKS = tuple(t for g in GROUPS.values() for t in g)
 
 
@@ -78,24 +75,48 @@ def table(model: str, tasks, arms: dict, args) -> dict:
     print(f"\n{model}: fine-tune {args.steps} steps, batch {args.batch_size}, "
           f"{args.train_size} examples; test top-1 % (best base_lr)")
     head = "".join(f"{n:>16}" for n in names)
-    diffs = ["pre-scratch"] + (["large-small"] if {"small", "large"} <= set(names) else [])
+    diffs = ["large-scratch"] + (["large-small"] if "small" in names else [])
     print(f"{'task':<18}{head}" + "".join(f"{d:>13}" for d in diffs), flush=True)
     out = {}
     for task in tasks:
         row = {n: sweep(task, start, args.lrs, args) for n, start in arms.items()}
         out[task] = {n: {"top1": r[0], "lr": r[1], "sweep": r[2]} for n, r in row.items()}
-        best_pre = max(row[n][0] for n in names if n != "scratch")
-        d = [best_pre - row["scratch"][0]]
+        d = [row["large"][0] - row["scratch"][0]]
         if len(diffs) > 1:
             d.append(row["large"][0] - row["small"][0])
         cells = "".join(f"{row[n][0]:>9.1f} ({row[n][1]:g})".rjust(16) for n in names)
         print(f"{task:<18}{cells}" + "".join(f"{x:>+13.1f}" for x in d), flush=True)
-    for group, members in GROUPS.items():
-        members = [t for t in members if t in out]
-        if members:
-            means = [sum(out[t][n]["top1"] for t in members) / len(members) for n in names]
-            print(f"{'mean ' + group:<18}" + "".join(f"{m:>16.1f}" for m in means))
+    means = {n: group_means(out, n) for n in names}
+    for group in means[names[0]]:
+        print(f"{'mean ' + group:<18}" + "".join(f"{means[n][group]:>16.1f}" for n in names))
     return out
+
+
+def group_means(table: dict, arm: str) -> dict[str, float]:
+    """Mean top-1 of ``arm`` per VTAB group (over the tasks of ``table``), plus "all"."""
+    means = {g: [table[t][arm]["top1"] for t in members if t in table]
+             for g, members in GROUPS.items()}
+    means["all"] = [table[t][arm]["top1"] for t in table]
+    return {g: sum(v) / len(v) for g, v in means.items() if v}
+
+
+def claims(results: dict, args) -> None:
+    """The three claims of the module docstring, as differences of group means."""
+    rows = [(f"pre-trained - scratch ({args.model})", results[args.model], "large", "scratch"),
+            (f"more upstream data ({args.model})", results[args.model], "large", "small")]
+    if args.large_model:
+        big = results[args.large_model]
+        rows.append((f"pre-trained - scratch ({args.large_model})", big, "large", "scratch"))
+        both = {t: {"small": results[args.model][t]["large"], "large": big[t]["large"]}
+                for t in big if t in results[args.model]}
+        rows.append((f"larger model ({args.large_model} - {args.model})", both, "large", "small"))
+    groups = list(group_means(results[args.model], "large"))
+    print("\nclaims: difference of mean top-1 (points)")
+    print(f"{'':<40}" + "".join(f"{g:>13}" for g in groups))
+    for name, table, a, b in rows:
+        ma, mb = group_means(table, a), group_means(table, b)
+        print(f"{name:<40}" + "".join(f"{ma[g] - mb[g]:>+13.1f}" if g in ma else f"{'':>13}"
+                                      for g in groups))
 
 
 def main() -> None:
@@ -103,10 +124,10 @@ def main() -> None:
     ap.add_argument("--model", default="R14x0.25", help="the model of the three-arm table")
     ap.add_argument("--large-model", default="R26x0.5",
                     help="the larger model of the model-size table ('' to skip it)")
-    ap.add_argument("--upstream-size", type=int, default=100_000)
-    ap.add_argument("--small-upstream", type=int, default=500)
-    ap.add_argument("--upstream-steps", type=int, default=800)
-    ap.add_argument("--upstream-batch", type=int, default=64)
+    ap.add_argument("--upstream-size", type=int, default=1_000_000)
+    ap.add_argument("--small-upstream", type=int, default=1000)
+    ap.add_argument("--upstream-steps", type=int, default=3000)
+    ap.add_argument("--upstream-batch", type=int, default=128)
     ap.add_argument("--upstream-lr", type=float, default=0.1,
                     help="peak upstream lr; BiT's 0.03 x batch/256 is tuned for 90 epochs and "
                          "learns little in a CPU-sized run (0 keeps it)")
@@ -116,7 +137,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--lrs", type=float, nargs="+", default=[0.01, 0.03, 0.1])
     ap.add_argument("--tasks", nargs="+", default=list(TASKS), choices=TASKS)
-    ap.add_argument("--size-tasks", nargs="+", default=["world-objects", "world-count"],
+    ap.add_argument("--size-tasks", nargs="+", default=["all"],
                     help="tasks of the model-size table, or 'all'")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
@@ -145,6 +166,7 @@ def main() -> None:
             b = results[args.large_model][task]["large"]["top1"]
             print(f"{task:<18}{a:>20.1f}{b:>20.1f}{b - a:>+16.1f}")
 
+    claims(results, args)
     print(f"\ntotal {time.perf_counter() - t0:.0f}s")
     if args.json:
         Path(args.json).write_text(json.dumps({"args": vars(args), "results": results}, indent=1))

@@ -17,7 +17,8 @@ from bitkit.data.world.upstream import UpstreamWorld
 #: Bumped whenever a change draws different images for the same (seed, index); pre-training
 #: caches include it so a model trained on an older world is never silently reused.
 #: 2: upstream close-ups and flocks (``upstream`` module docstring).
-VERSION = 2
+#: 3: ``world-fine`` classes are look-alike upstream shapes, not stars with 4-7 points.
+VERSION = 3
 
 GENERATORS: dict[str, type[WorldDataset]] = {
     "upstream": UpstreamWorld, "foregrounds": ForegroundObjects, **_DOWNSTREAM,

@@ -94,7 +94,7 @@ def object_slot(
     u: np.ndarray, *, shape: np.ndarray, texture: np.ndarray, palette_rgb: tuple[np.ndarray,
                                                                                 np.ndarray],
     cx: np.ndarray, cy: np.ndarray, radius: np.ndarray, angle: np.ndarray | None = None,
-    points: np.ndarray | None = None, present: np.ndarray | None = None,
+    present: np.ndarray | None = None,
 ) -> render.Objects:
     """One object slot with nuisance parameters (texture frequency/angle, noise grid) drawn
     from ``u`` (B, >= 29) uniforms; the caller fixes what carries the label."""
@@ -105,7 +105,6 @@ def object_slot(
         angle=(u[:, 0] * 2 * np.pi) if angle is None else angle,
         freq=5.0 + 5.0 * u[:, 1], tex_angle=u[:, 2] * np.pi,
         noise_grid=u[:, 4:29].reshape(bsz, 5, 5).astype(np.float32),
-        points=np.full(bsz, 5) if points is None else points,
         present=np.ones(bsz, bool) if present is None else present,
     )
 

@@ -79,8 +79,8 @@ def _ngon(u: np.ndarray, v: np.ndarray, n: int) -> np.ndarray:
     return rho * np.cos(np.mod(phi, sector) - sector / 2) - np.cos(np.pi / n)
 
 
-def shape_distance(name: str, u: np.ndarray, v: np.ndarray, points: np.ndarray) -> np.ndarray:
-    """Signed distance-like value, negative inside; ``points`` is the star's point count."""
+def shape_distance(name: str, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """Signed distance-like value, negative inside."""
     if name == "disk":
         return np.sqrt(u * u + v * v) - 0.95
     if name == "ring":
@@ -103,7 +103,7 @@ def shape_distance(name: str, u: np.ndarray, v: np.ndarray, points: np.ndarray) 
         return _ngon(u, v, 6)
     if name == "star":
         rho, phi = _polar(u, v)
-        return rho - (0.6 + 0.38 * np.cos(points * phi))
+        return rho - (0.6 + 0.38 * np.cos(5 * phi))
     if name == "cross":
         a = np.maximum(np.abs(u) - 0.28, np.abs(v) - 0.95)
         b = np.maximum(np.abs(v) - 0.28, np.abs(u) - 0.95)
@@ -182,7 +182,6 @@ class Objects:
     freq: np.ndarray
     tex_angle: np.ndarray
     noise_grid: np.ndarray  # (B, 5, 5) uniforms for the mottled texture
-    points: np.ndarray      # star points (5 unless a task varies it)
     present: np.ndarray     # bool
 
 
@@ -202,7 +201,7 @@ def object_layers(obj: Objects, size: int) -> tuple[np.ndarray, np.ndarray]:
     for s in np.unique(obj.shape[obj.present]):
         sel = np.nonzero((obj.shape == s) & obj.present)[0]
         u, v = u_all[sel], v_all[sel]
-        d = shape_distance(SHAPES[s], u, v, obj.points[sel][:, None, None].astype(np.float32))
+        d = shape_distance(SHAPES[s], u, v)
         cover[sel] = np.clip(0.5 - d * r[sel] * (size / 2), 0.0, 1.0)
     for t in np.unique(obj.texture[obj.present]):
         sel = np.nonzero((obj.texture == t) & obj.present)[0]
