@@ -13,6 +13,9 @@ preprocessing, or a raw ``uint8`` tensor (3, H, W), which is scaled to [-1, 1] h
 BiT's preprocessing does (``x / 127.5 - 1``; no resize). The target is a class id, or a multi-hot
 float vector for multi-label data (ImageNet-21k, JFT: paper 3.1). Example ids come from the
 dataset's ``ids`` attribute or ``example_id(i)`` method (``Subset`` is followed), else the index.
+An example whose image cannot be decoded (file-backed data: ``bitkit.data.corrupt``) is left out
+of the result, counted in its ``meta`` (``unreadable_skipped``, ``unreadable_ids``) and reported on
+stderr: the loader yields a readable neighbour in its place, which must not be scored twice.
 
 Multi-label convention: an example is top-k correct when *any* of its k highest-scoring classes is
 one of its positive labels (the "precision@1" convention used for multi-label ImageNet-21k/JFT
@@ -24,6 +27,7 @@ mistakes and are left out of the confusion matrix.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +41,7 @@ from torch.utils.data import DataLoader, Dataset, SequentialSampler, Subset
 from tqdm.auto import tqdm
 
 import bitkit
+from bitkit.data.corrupt import unreadable
 from bitkit.fileio import load_npz, save_npz
 
 Data = Dataset | DataLoader
@@ -556,7 +561,7 @@ def predict(
             "data": repr(ds) if len(repr(ds)) < 200 else type(ds).__name__,
             "bitkit_version": bitkit.__version__}
     first = parts[0]
-    return Report(
+    report = Report(
         ids=example_ids(data), targets=np.concatenate([p.targets for p in parts]),
         label=np.concatenate([p.label for p in parts]), topk=np.concatenate([p.topk for p in parts]),
         topk_prob=np.concatenate([p.topk_prob for p in parts]),
@@ -564,6 +569,23 @@ def predict(
         multi_label=first.multi_label,
         logits=np.concatenate([p.logits for p in parts]) if keep_logits else None, meta=meta,
     )
+    bad = _unreadable_rows(data, report.ids, "predict")
+    if bad is None:
+        return report
+    meta.update(unreadable_skipped=int(bad.sum()), unreadable_ids=report.ids[bad][:20].tolist())
+    return report.subset(~bad)
+
+
+def _unreadable_rows(data: Data, ids: np.ndarray, what: str) -> np.ndarray | None:
+    """Rows of examples flagged unreadable during the pass (their rows show a substitute, see
+    ``bitkit.data.corrupt``), or None when there are none; says so on stderr."""
+    bad = unreadable(_dataset_of(data))
+    if bad is None or not bad.any():
+        return None
+    shown = ", ".join(ids[bad][:20])
+    print(f"{what}: left out {int(bad.sum())} of {len(bad)} example(s) whose image could not be "
+          f"decoded: {shown}{' ...' if bad.sum() > 20 else ''}", file=sys.stderr)
+    return bad
 
 
 # --------------------------------------------------------------------------------------------
@@ -608,4 +630,8 @@ def extract_features(
         targets.append(t.numpy() if t.dim() == 1 else (t > 0).numpy())
     if not feats:
         raise ValueError("the data is empty: no features to extract")
-    return Features(np.concatenate(feats), np.concatenate(targets), example_ids(data))
+    out = Features(np.concatenate(feats), np.concatenate(targets), example_ids(data))
+    bad = _unreadable_rows(data, out.ids, "extract_features")
+    if bad is not None:  # a substitute's features under another example's id: drop them
+        out = Features(out.features[~bad], out.targets[~bad], out.ids[~bad])
+    return out

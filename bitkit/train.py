@@ -42,7 +42,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, IterableDataset, Subset
 
 from bitkit import checkpoint, distributed
-from bitkit.data.corrupt import CorruptFlags, CorruptReport
+from bitkit.data.corrupt import CorruptReport, flag_holder
 from bitkit.distributed import DistInfo, StepSampler
 from bitkit.evaluate import Accumulator, to_model_input
 from bitkit.events import Event, JsonlLogger, Observer, ProgressBar, RunControl
@@ -388,13 +388,16 @@ def fit(
 
 def _stream_corrupt_report(stream: IterableDataset, examples: int,
                            device: torch.device) -> CorruptReport | None:
-    """A stream's unreadable records (``skipped()``), summed over ranks. Streamed records are
-    dropped where they are read, so there are no ids to list, only the count."""
+    """A stream's unreadable records (``skipped()``) and shards it could not read to the end
+    (``broken_shards()``, tar shards only), summed over ranks. Streamed records are dropped
+    where they are read, so there are no ids to list, only the counts."""
     counter = getattr(stream, "skipped", None)
     if counter is None:
         return None
-    count = int(distributed.all_reduce_sum(torch.tensor([float(counter())], device=device))[0])
-    return CorruptReport(count=count, ids=[], total=examples + count)
+    broken = getattr(stream, "broken_shards", None)
+    local = torch.tensor([float(counter()), float(broken() if broken else 0)], device=device)
+    count, shards = (int(v) for v in distributed.all_reduce_sum(local).tolist())
+    return CorruptReport(count=count, ids=[], total=examples + count, broken_shards=shards)
 
 
 def _corrupt_report(data: Dataset, info: DistInfo, device: torch.device,
@@ -402,28 +405,20 @@ def _corrupt_report(data: Dataset, info: DistInfo, device: torch.device,
     """The training data's skipped-unreadable-images report (``bitkit.data.corrupt``), or None
     for data that cannot have unreadable images.
 
-    Follows wrappers (``Preprocessed.raw``, ``SubsetDataset.parent``, ``Subset.dataset``) to
-    the dataset that holds the flags. Under DDP each rank's loader flags what *it* loaded, so
-    the flags are OR-ed over ranks first (one all-reduce of n bytes at the end of the run).
+    The flags live in the dataset under the wrappers (``corrupt.flag_holder``). Under DDP each
+    rank's loader flags what *it* loaded, so the flags are OR-ed over ranks first (one
+    all-reduce of n bytes at the end of the run).
     """
-    holder, ds = None, data
-    for _ in range(16):  # wrappers are shallow; a bound, not a loop over a cycle
-        if isinstance(getattr(ds, "corrupt", None), CorruptFlags):
-            holder = ds
-            break
-        ds = next((getattr(ds, a) for a in ("raw", "parent", "dataset")
-                   if getattr(ds, a, None) is not None), None)
-        if ds is None:
-            break
+    found = flag_holder(data)
     report = getattr(data, "corrupt_report", None)
-    if holder is None and report is None:
+    if found is None and report is None:
         return None
-    if holder is not None and info.is_distributed:
-        flags = holder.corrupt.flags
+    if found is not None and info.is_distributed:
+        flags = found[0].corrupt.flags
         seen = distributed.all_reduce_sum(flags.to(device=device, dtype=torch.int32))
         flags |= (seen > 0).cpu()
     try:
-        return report(limit) if report is not None else holder.corrupt_report(limit)
+        return report(limit) if report is not None else found[0].corrupt_report(limit)
     except AttributeError:  # a wrapper over data that never has unreadable images
         return None
 

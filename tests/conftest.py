@@ -1,12 +1,15 @@
 """Shared test setup. Tests never reach the network: the hub is offline, data is made locally.
 
-Also shared helpers: the ``one_thread`` fixture and a tiny learnable image dataset
-(:class:`Images`) with :func:`write_run`, a run file over it. Test modules import the helpers
-with ``from conftest import Images, write_run`` (pytest puts ``tests/`` on ``sys.path``).
+Also shared helpers: the ``one_thread`` fixture, a tiny learnable image dataset
+(:class:`Images`) with :func:`write_run`, a run file over it, and :func:`world_shards`, tar
+shards of the embedded world with one unreadable record. Test modules import the helpers with
+``from conftest import Images, write_run`` (pytest puts ``tests/`` on ``sys.path``).
 """
 
+import io
 import json
 import os
+import tarfile
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
@@ -73,3 +76,19 @@ def write_run(tmp_path, name="run", steps=3, data=None, **train_overrides):
         "eval_data": str(tmp_path / "train.pt"), "out_dir": str(tmp_path / name),
         "train": train_cfg}))
     return path
+
+
+def world_shards(root, n, shard_size, broken_in=0, task="world-texture"):
+    """``n`` examples of ``task`` written as tar shards of ``shard_size`` under ``root``, plus
+    one unreadable record (garbage PNG bytes with a label) appended to shard ``broken_in``."""
+    from bitkit.data import load
+    from bitkit.data.streaming import write_shards
+
+    paths = write_shards(load(task, "train", size=n), root, shard_size=shard_size,
+                         progress=False)
+    with tarfile.open(paths[broken_in], "a") as tar:
+        for name, payload in (("broken.png", b"\x89PNG garbage"), ("broken.cls", b"1")):
+            info = tarfile.TarInfo(name)
+            info.size = len(payload)
+            tar.addfile(info, io.BytesIO(payload))
+    return paths

@@ -7,11 +7,9 @@ epoch's fresh shuffle (the WebDataset convention; map-style data resumes exactly
 
 from __future__ import annotations
 
-import io
-import tarfile
-
 import pytest
 import torch
+from conftest import world_shards
 from torch.utils.data import IterableDataset
 
 from bitkit import checkpoint, train
@@ -30,15 +28,7 @@ N, SHARD, CLASSES = 96, 16, 13  # world-texture: 13 classes; 6 shards of 16
 
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory):
-    root = tmp_path_factory.mktemp("shards")
-    paths = write_shards(load("world-texture", "train", size=N), root, shard_size=SHARD,
-                         progress=False)
-    with tarfile.open(paths[2], "a") as tar:  # one unreadable record
-        for name, payload in (("broken.png", b"\x89PNG garbage"), ("broken.cls", b"1")):
-            info = tarfile.TarInfo(name)
-            info.size = len(payload)
-            tar.addfile(info, io.BytesIO(payload))
-    return paths
+    return world_shards(tmp_path_factory.mktemp("shards"), N, SHARD, broken_in=2)
 
 
 class EpochLog(ShardStream):

@@ -18,16 +18,25 @@ of one JPEG is unacceptable. The design, and why it works with ``DataLoader`` wo
 - Label-based selection must not pick a broken example: ``kshot`` keeps the first k *readable*
   examples of each class (it decodes its candidates, ``dataset.readable``), so a k-shot subset
   is exactly balanced and its labels are those of the images it yields.
-- Evaluation must not count a substitute twice: call ``dataset.scan()`` first (one pass that
-  flags every unreadable example) and evaluate ``dataset.without_corrupt()``.
-- Streaming (``bitkit.data.streaming``): an unreadable record is dropped and counted per worker.
+- Evaluation must not count a substitute twice: ``evaluate.predict`` and
+  ``extract_features`` drop the rows of examples flagged during their pass (:func:`unreadable`
+  maps any wrapper's positions to the flags) and say how many in the result's ``meta`` and on
+  stderr. ``dataset.scan()`` flags every unreadable example up front, and
+  ``dataset.without_corrupt()`` is the readable rest, for code that needs a clean set first.
+- Streaming (``bitkit.data.streaming``): an unreadable record is dropped and counted per worker;
+  a shard that cannot be read to its end (truncated, not a tar) is counted as broken, its
+  readable records kept, and the stream goes on with the next shard.
 """
 
 from __future__ import annotations
 
 import io
+import sys
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
+import numpy as np
 import torch
 from PIL import Image
 
@@ -42,15 +51,18 @@ class CorruptReport:
     count: int
     ids: list[str]
     total: int
+    broken_shards: int = 0  # streams: shards that could not be read to their end
 
     def __str__(self) -> str:
+        shards = (f"; {self.broken_shards:,} shard(s) could not be read to the end (the rest of "
+                  f"each was skipped)" if self.broken_shards else "")
         if not self.count:
-            return f"no unreadable images among {self.total:,}"
+            return f"no unreadable images among {self.total:,}{shards}"
         if not self.ids:  # streamed records are dropped where they are read: no ids
-            return f"skipped {self.count:,} unreadable image(s) of {self.total:,}"
+            return f"skipped {self.count:,} unreadable image(s) of {self.total:,}{shards}"
         more = f" (first {len(self.ids)} listed)" if len(self.ids) < self.count else ""
         return (f"skipped {self.count:,} unreadable image(s) of {self.total:,}{more}: "
-                + ", ".join(self.ids))
+                + ", ".join(self.ids) + shards)
 
 
 class CorruptFlags:
@@ -67,6 +79,62 @@ class CorruptFlags:
 
     def indices(self) -> torch.Tensor:
         return torch.nonzero(self.flags).flatten()
+
+
+def flag_holder(data: Any) -> tuple[Any, np.ndarray] | None:
+    """The dataset under ``data``'s wrappers that holds :class:`CorruptFlags`, and the position
+    in it of each of ``data``'s examples; ``None`` for data that never has unreadable images.
+
+    Follows ``DataLoader.dataset``, ``Preprocessed.raw`` (same positions), and
+    ``SubsetDataset.parent`` / ``torch.utils.data.Subset.dataset`` (positions through their
+    ``indices``), so a k-shot subset of a preprocessed split maps to the split's own flags.
+    """
+    ds, positions = data, None
+    for _ in range(16):  # wrappers are shallow; a bound, not a loop over a cycle
+        if isinstance(getattr(ds, "corrupt", None), CorruptFlags):
+            return ds, np.arange(len(ds)) if positions is None else positions
+        inner = next((getattr(ds, a) for a in ("raw", "parent", "dataset")
+                      if getattr(ds, a, None) is not None), None)
+        if inner is None:
+            return None
+        indices = getattr(ds, "indices", None)
+        if indices is not None:  # a subset: its i-th example is the parent's indices[i]
+            indices = np.asarray(indices, dtype=np.int64)
+            positions = indices if positions is None else indices[positions]
+        ds = inner
+    return None
+
+
+def unreadable(data: Any) -> np.ndarray | None:
+    """Bool per example of ``data``: was it flagged unreadable (so that a lookup returned a
+    substitute in its place)? ``None`` for data that never has unreadable images."""
+    found = flag_holder(data)
+    if found is None:
+        return None
+    holder, positions = found
+    return holder.corrupt.flags.numpy()[positions]
+
+
+def readable_items(dataset: Any, indices: Sequence[int], what: str,
+                   batch_size: int = 256) -> Iterator[tuple[int, Any, Any]]:
+    """``(index, image, target)`` of each of ``indices`` whose image decodes, fetched a batch at
+    a time; an unreadable one (whose lookup yields a neighbour in its place) is left out, and
+    the count and first ids go to stderr at the end, under ``what``. For writing a dataset
+    out (``to_hf``, ``write_shards``): a copy must not hold a neighbour under another id."""
+    skipped: list[str] = []
+    get = getattr(dataset, "__getitems__", None)
+    for lo in range(0, len(indices), batch_size):
+        idx = [int(i) for i in indices[lo:lo + batch_size]]
+        items = get(idx) if get else [dataset[i] for i in idx]
+        bad = unreadable(dataset)
+        for i, (image, target) in zip(idx, items, strict=True):
+            if bad is not None and bad[i]:
+                skipped.append(str(dataset.example_id(i)))
+                continue
+            yield i, image, target
+    if skipped:
+        print(f"{what}: left out {len(skipped)} unreadable image(s): "
+              f"{', '.join(skipped[:20])}{' ...' if len(skipped) > 20 else ''}", file=sys.stderr)
 
 
 def decode(value: object) -> Image.Image | None:

@@ -13,7 +13,7 @@ Shards are plain POSIX tar files in the WebDataset convention: members ``<key>.<
 by key, an image (``.png``/``.jpg``/``.jpeg``/``.webp``) and a label (``.cls``: an integer;
 ``.json``: a list of class ids for multi-label). :func:`write_shards` writes them from any raw
 dataset (e.g. to materialise the embedded world). Unreadable images are skipped and counted
-(``skipped()``), never fatal.
+(``skipped()``), a shard that breaks off is counted (``broken_shards()``); neither is fatal.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import io
 import json
 import os
 import tarfile
+import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -35,7 +36,7 @@ from tqdm.auto import tqdm
 
 from bitkit.data.base import ImageDataset
 from bitkit.data.cards import DataCard
-from bitkit.data.corrupt import decode
+from bitkit.data.corrupt import decode, readable_items
 from bitkit.data.transforms import to_uint8
 
 IMAGE_EXTS = ("png", "jpg", "jpeg", "webp")
@@ -45,29 +46,36 @@ _MAX_WORKERS = 256
 def write_shards(dataset: ImageDataset, out_dir: str | os.PathLike, *, shard_size: int = 1000,
                  prefix: str = "shard", progress: bool = True) -> list[Path]:
     """Write ``dataset`` as tar shards of ``shard_size`` examples (PNG images, ``.cls`` or
-    ``.json`` labels, keys from ``example_id``). Returns the shard paths."""
+    ``.json`` labels, keys from ``example_id``). Returns the shard paths. Unreadable images are
+    left out (a shard may then hold fewer) and counted on stderr."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths: list[Path] = []
     n = len(dataset)
-    for s, lo in enumerate(tqdm(range(0, n, shard_size), desc="write shards",
-                                disable=not progress)):
-        path = out / f"{prefix}-{s:06d}.tar"
-        with tarfile.open(path, "w") as tar:
-            for i in range(lo, min(lo + shard_size, n)):
-                image, target = dataset[i]
-                png = io.BytesIO()
-                Image.fromarray(to_uint8(image).permute(1, 2, 0).numpy()).save(png, "PNG")
-                if dataset.multi_label:
-                    label = json.dumps(torch.nonzero(target).flatten().tolist()).encode()
-                    ext = "json"
-                else:
-                    label, ext = str(int(target)).encode(), "cls"
-                key = f"{i:09d}"
-                _add(tar, f"{key}.png", png.getvalue())
-                _add(tar, f"{key}.{ext}", label)
-                _add(tar, f"{key}.id", dataset.example_id(i).encode())
-        paths.append(path)
+    items = readable_items(dataset, range(n), f"write_shards({out})")
+    tar: tarfile.TarFile | None = None
+    shard = -1
+    try:
+        for i, image, target in tqdm(items, total=n, desc="write shards", disable=not progress):
+            if i // shard_size != shard:  # the first example of the next shard
+                if tar is not None:
+                    tar.close()
+                shard = i // shard_size
+                paths.append(out / f"{prefix}-{shard:06d}.tar")
+                tar = tarfile.open(paths[-1], "w")
+            png = io.BytesIO()
+            Image.fromarray(to_uint8(image).permute(1, 2, 0).numpy()).save(png, "PNG")
+            if dataset.multi_label:
+                label, ext = json.dumps(torch.nonzero(target).flatten().tolist()).encode(), "json"
+            else:
+                label, ext = str(int(target)).encode(), "cls"
+            key = f"{i:09d}"
+            _add(tar, f"{key}.png", png.getvalue())
+            _add(tar, f"{key}.{ext}", label)
+            _add(tar, f"{key}.id", dataset.example_id(i).encode())
+    finally:
+        if tar is not None:
+            tar.close()
     return paths
 
 
@@ -101,15 +109,22 @@ class ShardStream(IterableDataset):
 
     Args:
         shards: shard paths or one glob pattern (``"/data/in21k/train-*.tar"``).
-        num_classes: needed for multi-hot targets of multi-label shards.
+        num_classes: needed for multi-hot targets of multi-label shards (default: the card's).
+        card: the dataset's card, when it has one: ``preprocess`` then follows its flip/crop
+            permissions and resolution, as for a map-style dataset.
         buffer_size: shuffle buffer (0 disables shuffling: shards in order, for evaluation).
         rank, world_size: this process's place among distributed processes.
     Call ``set_epoch(e)`` at each epoch start for a new shard order and buffer shuffle.
     """
 
-    def __init__(self, shards: Sequence[str | os.PathLike] | str, *, num_classes: int,
+    def __init__(self, shards: Sequence[str | os.PathLike] | str, *,
+                 num_classes: int | None = None, card: DataCard | None = None,
                  buffer_size: int = 1000, seed: int = 0,
                  rank: int = 0, world_size: int = 1):
+        num_classes = num_classes if num_classes is not None else getattr(card, "num_classes",
+                                                                          None)
+        if num_classes is None:
+            raise ValueError("ShardStream needs num_classes= (or card= of a card that has it)")
         files = sorted(glob.glob(shards)) if isinstance(shards, str) else [str(s) for s in shards]
         if not files:
             raise FileNotFoundError(f"no shard files match {shards!r}")
@@ -119,10 +134,11 @@ class ShardStream(IterableDataset):
         if not 0 <= rank < world_size:
             raise ValueError(f"need 0 <= rank < world_size; got rank={rank}, "
                              f"world_size={world_size}")
-        self.shards, self.num_classes = files, num_classes
+        self.shards, self.num_classes, self.card = files, int(num_classes), card
         self.buffer_size, self.seed = buffer_size, seed
         self.rank, self.world_size, self.epoch = rank, world_size, 0
         self._skipped = torch.zeros(_MAX_WORKERS, dtype=torch.int64).share_memory_()
+        self._broken = torch.zeros(_MAX_WORKERS, dtype=torch.int64).share_memory_()
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
@@ -130,6 +146,11 @@ class ShardStream(IterableDataset):
     def skipped(self) -> int:
         """Unreadable records dropped so far, summed over DataLoader workers."""
         return int(self._skipped.sum())
+
+    def broken_shards(self) -> int:
+        """Shards that could not be read to their end so far, summed over DataLoader workers
+        (each is counted every epoch it is read)."""
+        return int(self._broken.sum())
 
     def check_readers(self, num_workers: int) -> None:
         """Fail when some process would read no shard at all.
@@ -180,11 +201,7 @@ class ShardStream(IterableDataset):
         rng = np.random.default_rng([self.seed, self.epoch, self.rank, wid])
         buffer: list[tuple[Image.Image, Any]] = []
         for shard in self.my_shards():
-            for rec in _records(shard):
-                item = self._parse(rec)
-                if item is None:
-                    self._skipped[wid] += 1
-                    continue
+            for item in self._read(shard, wid):
                 if self.buffer_size <= 0:
                     yield item
                     continue
@@ -196,6 +213,22 @@ class ShardStream(IterableDataset):
                 yield item
         rng.shuffle(buffer)
         yield from buffer
+
+    def _read(self, shard: str, wid: int) -> Iterator[tuple[Image.Image, Any]]:
+        """The readable records of one shard. Unreadable records are counted (``skipped``); a
+        shard that breaks off (truncated copy, not a tar, disk error) keeps the records read so
+        far, is counted (``broken_shards``) and named in a warning, and the stream goes on."""
+        try:
+            for rec in _records(shard):
+                item = self._parse(rec)
+                if item is None:
+                    self._skipped[wid] += 1
+                    continue
+                yield item
+        except (tarfile.TarError, OSError, EOFError) as e:
+            self._broken[wid] += 1
+            warnings.warn(f"{shard}: unreadable from here on ({type(e).__name__}: {e}); "
+                          "skipping the rest of this shard", RuntimeWarning, stacklevel=2)
 
 
 class HFStream(IterableDataset):
