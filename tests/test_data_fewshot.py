@@ -31,6 +31,15 @@ def test_too_few_examples_names_the_class():
         kshot_indices(labels, 0)
 
 
+def test_labels_outside_the_classes_are_named():
+    with pytest.raises(ValueError, match=r"2 label\(s\) outside 0..2 \(e.g. \[-1\]\).*unlabelled"):
+        kshot_indices(np.array([0, 1, 2, -1, -1, 0, 1, 2]), 1)
+    with pytest.raises(ValueError, match=r"1 label\(s\) outside 0..2 \(e.g. \[3\]\)"):
+        kshot_indices(np.array([0, 1, 2, 3]), 1, num_classes=3, class_names=["a", "b", "c"])
+    with pytest.raises(ValueError, match="empty label array"):
+        kshot_indices(np.array([], dtype=np.int64), 1)
+
+
 def test_kshot_on_dataset_keeps_card_and_ids():
     ds = load("world-texture", "train", size=400)
     family = kshot_family(ds, ks=(1, 5), seeds=(0, 1))

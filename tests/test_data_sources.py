@@ -120,7 +120,7 @@ def test_user_mistakes_get_clear_messages(tmp_path):
         load("vtab-1k", "train")
     with pytest.raises(ValueError, match="pass path=... to local data laid out like"):
         load("vtab-dtd", "train")
-    with pytest.raises(TypeError, match="only apply to embedded datasets"):
+    with pytest.raises(ValueError, match="only apply to embedded datasets"):
         load("digits", "train", size=10)
 
 
@@ -195,3 +195,122 @@ def test_a_misspelt_path_suggests_its_siblings(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"not even '.*nofolder' exists; the nearest "
                                                 r"folder that does is"):
         load(str(tmp_path / "nofolder" / "x"), "train")
+
+
+def test_evaluation_leaves_out_unreadable_images_and_says_so(cifar_like, capsys):
+    """A substitute (the next readable image) must not be scored under the broken example's
+    id: predict and extract_features drop those rows and count them."""
+    from bitkit.data import kshot, preprocess
+    from bitkit.evaluate import extract_features, predict
+    from bitkit.models import create
+
+    raw = load("cifar10", "train", path=cifar_like)   # 4 and 5 are corrupt
+    model = create("R14x0.25", num_classes=10)
+    report = predict(model, preprocess(raw, train=False, resize=32, crop=32), progress=False)
+    assert len(report) == 28 and "cifar10:train:4" not in report.ids
+    assert report.ids.tolist() == [f"cifar10:train:{i}" for i in range(30) if i not in (4, 5)]
+    assert report.targets.tolist() == [i % 10 for i in range(30) if i not in (4, 5)]
+    assert report.meta["unreadable_skipped"] == 2
+    assert report.meta["unreadable_ids"] == ["cifar10:train:4", "cifar10:train:5"]
+    assert "predict: left out 2 of 30 example(s)" in capsys.readouterr().err
+    feats = extract_features(model, preprocess(raw, train=False, resize=32, crop=32),
+                             progress=False)
+    assert len(feats) == 28 and feats.targets.tolist() == report.targets.tolist()
+    # A subset maps its positions to the parent's flags: a clean 1-shot set loses nothing.
+    clean = predict(model, preprocess(kshot(raw, 1), train=False, resize=32, crop=32),
+                    progress=False)
+    assert len(clean) == 10 and "unreadable_skipped" not in clean.meta
+
+
+def test_materialising_leaves_out_unreadable_images(cifar_like, tmp_path, capsys):
+    from bitkit.data.streaming import ShardStream, write_shards
+
+    raw = load("cifar10", "train", path=cifar_like)
+    hf = to_hf(raw, progress=False)
+    assert len(hf) == 28 and "cifar10:train:4" not in hf["id"]
+    assert hf["label"] == [i % 10 for i in range(30) if i not in (4, 5)]
+    assert "to_hf(cifar10): left out 2 unreadable image(s)" in capsys.readouterr().err
+    paths = write_shards(raw, tmp_path, shard_size=4, progress=False)
+    assert len(paths) == 8  # indices 4-5 are gone, 6-7 still make shard 1
+    stream = ShardStream(paths, num_classes=10, buffer_size=0)
+    assert [y for _, y in stream] == [i % 10 for i in range(30) if i not in (4, 5)]
+    assert stream.skipped() == 0
+
+
+def _parquet(root, split, columns, features):
+    root.mkdir(parents=True, exist_ok=True)
+    datasets.Dataset.from_dict(columns, features=features).to_parquet(
+        str(root / f"{split}-00000-of-00001.parquet"))
+
+
+def test_other_hub_schemas_cifar100_and_pets(tmp_path):
+    """CIFAR-100's hub copy has two ClassLabel columns (``fine_label`` 100, ``coarse_label``
+    20), Pets' has breed and species: the card's column, or the one with the card's class
+    count, is the label."""
+    n = 6
+    images = [{"bytes": _png((i * 30, 9, 9)), "path": None} for i in range(n)]
+    fine = datasets.ClassLabel(names=[f"fine{i}" for i in range(100)])
+    coarse = datasets.ClassLabel(names=[f"coarse{i}" for i in range(20)])
+    _parquet(tmp_path / "c100", "test", {"img": images, "fine_label": [99, 1, 2, 3, 4, 5],
+                                         "coarse_label": [19, 0, 0, 1, 1, 2]},
+             datasets.Features({"img": datasets.Image(), "fine_label": fine,
+                                "coarse_label": coarse}))
+    c100 = load("cifar100", "test", path=tmp_path / "c100")
+    assert c100.num_classes == 100 and c100.targets.tolist() == [99, 1, 2, 3, 4, 5]
+    assert c100.class_names[99] == "fine99"
+
+    species = datasets.ClassLabel(names=["cat", "dog"])
+    breed = datasets.ClassLabel(names=[f"breed{i}" for i in range(37)])
+    _parquet(tmp_path / "pets", "test", {"image": images, "species": [0, 1, 0, 1, 0, 1],
+                                         "label": [36, 1, 2, 3, 4, 5],
+                                         "image_id": [f"p{i}" for i in range(n)]},
+             datasets.Features({"image": datasets.Image(), "species": species, "label": breed,
+                                "image_id": datasets.Value("string")}))
+    pets = load("oxford-iiit-pet", "test", path=tmp_path / "pets")
+    assert pets.label_column == "label" and pets.num_classes == 37
+    assert pets.targets.tolist() == [36, 1, 2, 3, 4, 5]
+    assert pets.example_id(2) == "oxford-iiit-pet:test:p2"
+
+
+def test_data_that_does_not_match_its_card_is_a_clear_error(cifar_like, tmp_path):
+    images = [{"bytes": _png((9, 9, 9)), "path": None}] * 3
+    _parquet(tmp_path / "c100", "test", {"img": images, "label": [0, 1, 2]},
+             datasets.Features({"img": datasets.Image(), "label": datasets.ClassLabel(
+                 names=[str(i) for i in range(100)])}))
+    with pytest.raises(ValueError, match=r"cifar10:test: the data's 'label' column has 100 "
+                                         r"classes, but the card says num_classes: 10"):
+        load("cifar10", "test", path=tmp_path / "c100")
+    _parquet(tmp_path / "unlabelled", "test", {"img": images, "label": [-1, -1, 3]},
+             datasets.Features({"img": datasets.Image(), "label": datasets.Value("int64")}))
+    with pytest.raises(ValueError, match=r"2 label\(s\) outside 0..9, e.g. \[-1\]. -1 means "
+                                         r"unlabelled"):
+        load("cifar10", "test", path=tmp_path / "unlabelled")
+    _parquet(tmp_path / "onebased", "test", {"img": images, "label": [1, 5, 10]},
+             datasets.Features({"img": datasets.Image(), "label": datasets.Value("int64")}))
+    with pytest.raises(ValueError, match=r"1 label\(s\) outside 0..9, e.g. \[10\]. Are the "
+                                         r"labels 1-based"):
+        load("cifar10", "test", path=tmp_path / "onebased")
+
+
+def test_val_role_finds_validation_named_data_in_every_layout(tmp_path):
+    """Flowers' card has a ``val`` role; local copies name that split val, validation or dev,
+    as files, folders, a save_to_disk DatasetDict or an imagefolder tree."""
+    feats = datasets.Features({"image": datasets.Image(),
+                               "label": datasets.ClassLabel(names=["a", "b"])})
+    rows = {"image": [{"bytes": _png((9, 9, 9)), "path": None}] * 4, "label": [0, 1, 1, 0]}
+    _parquet(tmp_path / "parquet", "validation", rows, feats)
+    (tmp_path / "arrow" / "dev").mkdir(parents=True)
+    datasets.Dataset.from_dict(rows, features=feats).save_to_disk(str(tmp_path / "arrow-src"))
+    for f in (tmp_path / "arrow-src").glob("*.arrow"):
+        f.rename(tmp_path / "arrow" / "dev" / f.name)
+    datasets.DatasetDict({"validation": datasets.Dataset.from_dict(rows, features=feats)}) \
+        .save_to_disk(str(tmp_path / "disk"))
+    for cls in ("a", "b"):
+        (tmp_path / "folder" / "val" / cls).mkdir(parents=True)
+        for i in range(2):
+            Image.new("RGB", (8, 8), (9, 9, 9)).save(tmp_path / "folder" / "val" / cls / f"{i}.png")
+    for layout in ("parquet", "arrow", "disk", "folder"):
+        ds = load(tmp_path / layout, "val")
+        assert len(ds) == 4 and sorted(ds.targets.tolist()) == [0, 0, 1, 1], layout
+    with pytest.raises(ValueError, match="has splits \\['validation'\\], not 'test'"):
+        load(tmp_path / "disk", "test")

@@ -61,7 +61,14 @@ def kshot_indices(labels: Sequence[int] | np.ndarray, k: int, seed: int = 0, *,
                          "defined for multi-label targets")
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
         raise ValueError(f"k must be a positive integer (examples per class); got {k!r}")
+    if y.size == 0:
+        raise ValueError("k-shot subsets need labelled examples; got an empty label array")
     n_cls = int(num_classes if num_classes is not None else y.max() + 1)
+    bad = (y < 0) | (y >= n_cls)
+    if bad.any():
+        raise ValueError(f"{int(bad.sum())} label(s) outside 0..{n_cls - 1} (e.g. "
+                         f"{sorted(set(y[bad].tolist()))[:5]}): every example of a k-shot pool "
+                         f"needs a class id (-1 usually means unlabelled: use a labelled split)")
     order = _class_order(y.astype(np.int64), seed, n_cls)
     for c, idx in enumerate(order):
         if idx.size < k:

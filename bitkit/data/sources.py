@@ -22,7 +22,13 @@ from tqdm.auto import tqdm
 
 from bitkit.data.base import ImageDataset, SubsetDataset
 from bitkit.data.cards import DataCard, PaperResults, Source
-from bitkit.data.corrupt import MAX_CONSECUTIVE, CorruptFlags, CorruptReport, decode
+from bitkit.data.corrupt import (
+    MAX_CONSECUTIVE,
+    CorruptFlags,
+    CorruptReport,
+    decode,
+    readable_items,
+)
 
 _ID_COLUMNS = ("id", "image_id", "file_name", "filename", "__key__")
 _LABEL_COLUMNS = ("label", "labels", "fine_label", "cls", "target")
@@ -36,7 +42,7 @@ class HFImageDataset(ImageDataset):
 
         self.card, self.split = card, split
         self.image_column = card.source.image_column or _find_column(hf, datasets.Image, "image")
-        self.label_column = card.source.label_column or _label_column(hf)
+        self.label_column = card.source.label_column or _label_column(hf, card.num_classes)
         for col in (self.image_column, self.label_column):
             if col not in hf.column_names:
                 raise ValueError(f"{card.name}: column {col!r} not in the data (columns: "
@@ -49,7 +55,15 @@ class HFImageDataset(ImageDataset):
             hf = hf.cast_column(self.image_column, datasets.Image(decode=False))
         self.hf = hf
         raw = hf.data.column(self.label_column).to_pylist()
+        if names and card.num_classes and len(names) != card.num_classes:
+            raise ValueError(
+                f"{card.name}:{split}: the data's {self.label_column!r} column has "
+                f"{len(names)} classes, but the card says num_classes: {card.num_classes}. Is "
+                f"this the right dataset (path= or source.hub_id), or the right label column "
+                f"(source.label_column)?")
         self.num_classes = len(names) if names else card.num_classes
+        _check_label_range(raw, self.num_classes, self.multi_label,
+                           f"{card.name}:{split} (column {self.label_column!r})")
         if self.multi_label:
             self._labels = np.zeros((len(raw), self.num_classes), bool)
             for i, row in enumerate(raw):
@@ -119,6 +133,21 @@ class HFImageDataset(ImageDataset):
         return CorruptReport(self.corrupt.count(), [self.example_id(i) for i in idx], len(self))
 
 
+def _check_label_range(raw: list[Any], num_classes: int, multi: bool, where: str) -> None:
+    """Every label a class id in ``[0, num_classes)``: a bad one would otherwise surface as an
+    index error deep inside the loss, hours into a run."""
+    values = np.asarray([v for row in raw for v in row] if multi else raw, dtype=np.int64)
+    bad = (values < 0) | (values >= num_classes)
+    if not bad.any():
+        return
+    shown = sorted(set(values[bad].tolist()))[:5]
+    hint = (" -1 means unlabelled: this split has no public labels; evaluate on the card's "
+            "eval_split instead." if -1 in shown else
+            " Are the labels 1-based, or is num_classes (card) wrong?")
+    raise ValueError(f"{where}: {int(bad.sum())} label(s) outside 0..{num_classes - 1}, e.g. "
+                     f"{shown}.{hint}")
+
+
 def _find_column(hf: Any, feature_type: type, what: str) -> str:
     for name, feat in hf.features.items():
         if isinstance(feat, feature_type):
@@ -127,13 +156,20 @@ def _find_column(hf: Any, feature_type: type, what: str) -> str:
                      f"source.image_column in the card")
 
 
-def _label_column(hf: Any) -> str:
+def _label_column(hf: Any, num_classes: int | None = None) -> str:
+    """The label column: a ClassLabel one (with ``num_classes`` classes when several are, e.g.
+    Pets' breed and species), else a conventionally named one."""
     import datasets
 
+    class_labels = {}
     for name, feat in hf.features.items():
         inner = getattr(feat, "feature", None)
-        if isinstance(feat, datasets.ClassLabel) or isinstance(inner, datasets.ClassLabel):
-            return name
+        label = feat if isinstance(feat, datasets.ClassLabel) else inner
+        if isinstance(label, datasets.ClassLabel):
+            class_labels[name] = label.num_classes
+    if class_labels:
+        return next((n for n, c in class_labels.items() if c == num_classes),
+                    next((n for n in _LABEL_COLUMNS if n in class_labels), next(iter(class_labels))))
     for name in _LABEL_COLUMNS:
         if name in hf.column_names:
             return name
@@ -157,28 +193,50 @@ def open_local(path: str | os.PathLike, split: str) -> Any:
             "of images (imagefolder: <split>/<class>/<image>), parquet or arrow files, or a "
             "folder written by datasets' save_to_disk."
         )
+    names = split_names(split)
     if (p / "dataset_dict.json").is_file():
         dd = datasets.load_from_disk(str(p))
-        if split not in dd:
+        found = next((n for n in names if n in dd), None)
+        if found is None:
             raise ValueError(f"{p} has splits {list(dd)}, not {split!r}")
-        return dd[split]
+        return dd[found]
     if (p / "state.json").is_file():
         return datasets.load_from_disk(str(p))
     for ext, builder in (("parquet", "parquet"), ("arrow", "arrow")):
         files = [p] if p.is_file() and p.suffix == f".{ext}" else sorted(p.rglob(f"*.{ext}"))
         if files:
-            chosen = files if p.is_file() else _split_files(files, p, split)
+            chosen = files if p.is_file() else next(
+                (f for f in (_split_files(files, p, n) for n in names) if f), [])
             if not chosen:
                 raise ValueError(f"no {ext} files for split {split!r} under {p} (files: "
                                  f"{[str(f.relative_to(p)) for f in files[:5]]}); name them "
                                  f"{split}-*.{ext} or put them in a {split}/ folder")
             return datasets.load_dataset(builder, data_files=[str(f) for f in chosen],
                                          split="train")
-    try:
-        return datasets.load_dataset("imagefolder", data_dir=str(p), split=split)
+    try:  # imagefolder names a split by its folder's keyword group: val/ is "validation"
+        return datasets.load_dataset("imagefolder", data_dir=str(p),
+                                     split=_imagefolder_split(split))
     except ValueError as e:
         raise ValueError(f"could not read {p} as an image folder for split {split!r}: {e}") \
             from None
+
+
+#: Names that mean the same split, by the name an imagefolder gives it (the keyword groups
+#: ``datasets`` uses for data files and folders).
+_SPLIT_GROUPS = {"train": ("train", "training"),
+                 "validation": ("validation", "val", "valid", "dev"),
+                 "test": ("test", "testing", "eval", "evaluation")}
+
+
+def split_names(split: str) -> tuple[str, ...]:
+    """``split`` and the other names of the same split, ``split`` first (a card's ``val``
+    role finds ``validation-*.parquet``, a ``dev/`` folder or a ``validation`` DatasetDict)."""
+    group = next((g for g in _SPLIT_GROUPS.values() if split in g), ())
+    return (split, *(n for n in group if n != split))
+
+
+def _imagefolder_split(split: str) -> str:
+    return next((name for name, g in _SPLIT_GROUPS.items() if split in g), split)
 
 
 def _near_paths(p: Path) -> str:
@@ -288,7 +346,8 @@ def load_hf(card: DataCard, split: str, path: str | os.PathLike | None = None) -
 def to_hf(dataset: ImageDataset, *, batch_size: int = 256, progress: bool = True) -> Any:
     """Materialise any raw dataset (e.g. the embedded world) as an HF ``datasets.Dataset`` with
     ``image`` (PNG, lossless), ``label`` (ClassLabel, or a list of ids for multi-label) and
-    ``id`` columns: the same schema :func:`load` reads back, to share or to save as parquet."""
+    ``id`` columns: the same schema :func:`load` reads back, to share or to save as parquet.
+    Unreadable images are left out and counted on stderr."""
     import datasets
     import torch
 
@@ -302,15 +361,13 @@ def to_hf(dataset: ImageDataset, *, batch_size: int = 256, progress: bool = True
     })
 
     def rows():
-        for lo in tqdm(range(0, len(dataset), batch_size), desc=f"materialise {dataset.card.name}",
-                       disable=not progress):
-            idx = list(range(lo, min(lo + batch_size, len(dataset))))
-            get = getattr(dataset, "__getitems__", None)
-            items = get(idx) if get else [dataset[i] for i in idx]
-            for i, (image, target) in zip(idx, items, strict=True):
-                label = (torch.nonzero(target).flatten().tolist() if dataset.multi_label
-                         else int(target))
-                yield {"image": Image.fromarray(to_uint8(image).permute(1, 2, 0).numpy()),
-                       "label": label, "id": dataset.example_id(i)}
+        items = readable_items(dataset, range(len(dataset)), f"to_hf({dataset.card.name})",
+                               batch_size)
+        for i, image, target in tqdm(items, total=len(dataset), disable=not progress,
+                                     desc=f"materialise {dataset.card.name}"):
+            label = (torch.nonzero(target).flatten().tolist() if dataset.multi_label
+                     else int(target))
+            yield {"image": Image.fromarray(to_uint8(image).permute(1, 2, 0).numpy()),
+                   "label": label, "id": dataset.example_id(i)}
 
     return datasets.Dataset.from_generator(rows, features=features)

@@ -275,6 +275,14 @@ class Preprocessed(ImageDataset):
         return report(limit)
 
 
+def _permissions(raw: Any, flip: bool | None, random_crop: bool | None) -> tuple[bool, bool]:
+    """Flip and random crop allowed? What the caller says, else the data's card (supplementary
+    E: a flip or crop destroys some structured labels), else both."""
+    card = getattr(raw, "card", None)
+    return (flip if flip is not None else card.flip if card is not None else True,
+            random_crop if random_crop is not None else card.crop if card is not None else True)
+
+
 def sizes_for(raw: Any, resize: int | None, crop: int | None) -> tuple[int | None, int]:
     """Explicit sizes; or ``crop`` alone (the upstream Inception-style crop, ``resize=None``);
     else the card's ``resolution``; else ask for HyperRule's numbers."""
@@ -303,11 +311,9 @@ def preprocess(raw: ImageDataset | IterableDataset, train: bool, *, resize: int 
     (``torch.utils.data.IterableDataset``, e.g. ``bitkit.data.streaming.ShardStream``) gets
     :func:`preprocess_stream`.
     """
-    card = getattr(raw, "card", None)
-    flip, random_crop = (card.flip, card.crop) if card is not None else (True, True)
     if isinstance(raw, IterableDataset):
-        return preprocess_stream(raw, train, resize=resize, crop=crop, flip=flip,
-                                 random_crop=random_crop, seed=seed)
+        return preprocess_stream(raw, train, resize=resize, crop=crop, seed=seed)
+    flip, random_crop = _permissions(raw, None, None)
     r, c = sizes_for(raw, resize, crop)
     return Preprocessed(raw, transform_for(train, r, c, flip=flip, random_crop=random_crop),
                         seed=seed)
@@ -385,15 +391,18 @@ class PreprocessedStream(IterableDataset):
 
 
 def preprocess_stream(stream: IterableDataset, train: bool, *, resize: int | None = None,
-                      crop: int | None = None, flip: bool = True, random_crop: bool = True,
-                      seed: int = 0, chunk: int = 64) -> PreprocessedStream:
+                      crop: int | None = None, flip: bool | None = None,
+                      random_crop: bool | None = None, seed: int = 0,
+                      chunk: int = 64) -> PreprocessedStream:
     """Wrap a raw stream (``ShardStream``, ``HFStream``) with the BiT train or eval transform.
 
     Sizes as in :func:`preprocess` (``crop`` alone: the upstream Inception-style crop; neither:
     the stream's card's ``resolution`` when it has a card). ``flip``/``random_crop`` are the
-    permissions (a stream without a card cannot say; pass them). ``chunk`` images are
-    transformed together.
+    permissions: None takes them from the stream's card (supplementary E), or allows both for
+    a stream without one (``ShardStream`` has none: pass them for a structured task).
+    ``chunk`` images are transformed together.
     """
+    flip, random_crop = _permissions(stream, flip, random_crop)
     r, c = sizes_for(stream, resize, crop)
     return PreprocessedStream(stream, transform_for(train, r, c, flip=flip,
                                                     random_crop=random_crop), seed, chunk)
