@@ -352,6 +352,12 @@ def _cross_check(card: DataCard) -> None:
         if not getattr(card, name):
             raise _Bad("a value (required unless source.kind is unavailable or collection)",
                        None, name)
+    if card.source.kind in ("embedded", "sklearn"):  # generated/split here: sizes say how many
+        missing = [role for role in card.splits if role not in card.split_sizes]
+        if missing:
+            raise _Bad(f"a size for every role in splits (missing: {', '.join(missing)}): "
+                       f"{card.source.kind} data is made or split here, so its card says how "
+                       f"many examples each split has", None, "split_sizes")
     if card.eval_split and card.eval_split not in card.splits:
         raise _Bad(f"a role listed in splits ({', '.join(card.splits)})", card.eval_split,
                    "eval_split")

@@ -38,8 +38,8 @@ def load(source: str | DataCard | os.PathLike, split: str = "train", *,
                          f"(the paper evaluates on {card.eval_split!r}).")
     kind = card.source.kind
     if options and kind != "embedded":
-        raise TypeError(f"options {sorted(options)} only apply to embedded datasets; "
-                        f"{card.name} is {kind}")
+        raise ValueError(f"options {sorted(options)} only apply to embedded datasets; "
+                         f"{card.name} is {kind}")
     if kind == "unavailable":
         raise ValueError(f"{card.title} is not public: its card is for reference only "
                          f"({card.source.note or card.description}).")

@@ -110,22 +110,25 @@ def perturbed_scene(seed: int, p: int, size: int) -> np.ndarray:
     return np.clip(img + 0.5, 0, 255).astype(np.uint8)
 
 
-def pairs(upstream_size: int, *, seed: int = 0, test_size: int = TEST_SIZE) -> list[DuplicatePair]:
-    """All planted pairs between ``world-upstream:train`` of ``upstream_size`` examples and
-    ``world-objects:test`` of ``test_size`` examples (same ``seed`` on both sides)."""
+def pairs(upstream_size: int, *, seed: int = 0, test_size: int = TEST_SIZE,
+          upstream: str = UPSTREAM) -> list[DuplicatePair]:
+    """All planted pairs between ``<upstream>:train`` of ``upstream_size`` examples and
+    ``world-objects:test`` of ``test_size`` examples (same ``seed`` on both sides).
+    ``upstream`` is the upstream card (``world-upstream-multilabel`` holds the same plants,
+    each with its one label)."""
     test = {p: i for i, p in test_plants(test_size).items()}
     out = []
     for j, (p, up_label) in sorted(upstream_plants(upstream_size, seed).items()):
         if p in test:
-            out.append(DuplicatePair(f"{UPSTREAM}:train:{j}", f"{HOST}:test:{test[p]}",
+            out.append(DuplicatePair(f"{upstream}:train:{j}", f"{HOST}:test:{test[p]}",
                                      PERTURBATIONS[p % 4], pair_class(seed, p), up_label))
     return out
 
 
 def duplicate_of(example_id: str, upstream_size: int, *, seed: int = 0,
-                 test_size: int = TEST_SIZE) -> str | None:
+                 test_size: int = TEST_SIZE, upstream: str = UPSTREAM) -> str | None:
     """The planted partner of an example id (either side), or ``None``."""
-    for pair in pairs(upstream_size, seed=seed, test_size=test_size):
+    for pair in pairs(upstream_size, seed=seed, test_size=test_size, upstream=upstream):
         if example_id == pair.upstream_id:
             return pair.downstream_id
         if example_id == pair.downstream_id:

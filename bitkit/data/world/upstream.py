@@ -1,8 +1,8 @@
 """The embedded upstream set: a stand-in for ImageNet-21k / JFT-300M (paper section 3.1).
 
 728 classes in a 4-level hierarchy (``taxonomy``), any size from 1 to 2^40 examples without
-disk, optional multi-label images (1-3 labelled objects, like ImageNet-21k's multiple labels
-and JFT's 1.26 labels per image) and an optional label-noise rate (JFT: ~20% noisy labels).
+disk, optional multi-label images (1-3 labelled objects, 1.26 labels per image on average as in
+JFT: paper section 3.1) and an optional label-noise rate (JFT: ~20% noisy labels).
 Objects usually sit on their class's habitat background (``context``), so a model can learn
 to lean on context: the out-of-context test (supplementary F) measures exactly that.
 
@@ -39,6 +39,8 @@ from bitkit.data.world.taxonomy import PALETTES, habitat, upstream_taxonomy
 _PAL = np.array(PALETTES)
 CLOSEUP, FLOCK = 0.2, 0.2  # default fractions of single-object images (see module docstring)
 MAX_FLOCK = 5
+#: Multi-label images: P(1), P(2), P(3) labelled objects. Mean 1.26 labels per image, JFT's.
+OBJECTS = (0.80, 0.14, 0.06)
 
 
 class UpstreamWorld(WorldDataset):
@@ -50,11 +52,14 @@ class UpstreamWorld(WorldDataset):
         context: probability that an object sits on its class's habitat background.
         closeup, flock: fractions of single-object images drawn as a close-up or as a group
             of 2-5 small copies (see the module docstring for why).
+        objects: multi-label only: the probabilities of 1, 2 and 3 labelled objects per image
+            (default :data:`OBJECTS`, JFT's 1.26 labels per image).
     """
 
     def __init__(self, card: DataCard, split: str = "train", *, size: int | None = None,
                  seed: int = 0, image_size: int | None = None, label_noise: float = 0.0,
-                 context: float = 0.8, closeup: float = CLOSEUP, flock: float = FLOCK):
+                 context: float = 0.8, closeup: float = CLOSEUP, flock: float = FLOCK,
+                 objects: tuple[float, float, float] = OBJECTS):
         super().__init__(card, split, size=size, seed=seed, image_size=image_size)
         if not (0.0 <= closeup and 0.0 <= flock and closeup + flock <= 1.0):
             raise ValueError(f"closeup and flock must be >= 0 with closeup + flock <= 1; got "
@@ -65,6 +70,11 @@ class UpstreamWorld(WorldDataset):
         if not 0.0 <= context <= 1.0:
             raise ValueError(f"context must be in [0, 1]; got {context}")
         self.label_noise, self.context = float(label_noise), float(context)
+        p = np.asarray(objects, dtype=np.float64)
+        if p.shape != (3,) or (p < 0).any() or abs(p.sum() - 1.0) > 1e-6:
+            raise ValueError(f"objects must be three probabilities (1, 2, 3 objects per image) "
+                             f"adding up to 1; got {objects}")
+        self.objects = tuple(float(x) for x in p)
         self.taxonomy = upstream_taxonomy()
         self.planted = (duplicates.upstream_plants(self.size, seed)
                         if card.splits[split] == "train" else {})
@@ -75,7 +85,9 @@ class UpstreamWorld(WorldDataset):
     def _objects_per_image(self, keys: np.ndarray) -> np.ndarray:
         if not self.multi_label:
             return np.ones(keys.shape[0], np.int64)
-        return 1 + rng.integers(keys, 1, 3, salt=2)[:, 0]
+        u = rng.uniform(keys, 1, salt=2)[:, 0]
+        p1, p2, _ = self.objects
+        return 1 + (u >= p1).astype(np.int64) + (u >= p1 + p2)
 
     def _clean(self, keys: np.ndarray) -> np.ndarray:
         """(B, 3) class of each object slot (slots beyond the object count are unused)."""
