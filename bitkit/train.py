@@ -462,6 +462,7 @@ def evaluate(model: nn.Module, data: Dataset, config: TrainConfig, loss_kind: st
     targets: top-k counts an example right when any of its labels is in the top k; top-5 is
     left out with 5 classes or fewer (it would always be 1). ``loss_kind`` is only checked
     against the targets: the target shape decides the loss, as in ``classification_loss``.
+    Unreadable images (``bitkit.data.corrupt``) are left out, as ``predict`` does.
     """
     info = info or distributed.env_info()
     shard = Subset(data, distributed.shard_indices(len(data), info))
@@ -472,8 +473,18 @@ def evaluate(model: nn.Module, data: Dataset, config: TrainConfig, loss_kind: st
     model.eval()
     acc = Accumulator(device)
     dtype = next(model.parameters()).dtype
+    flags = flag_holder(shard)  # file-backed data: which examples could not be decoded
+    offset = 0
     try:
         for x, y in loader:
+            if flags is not None:  # an unreadable one arrived as its neighbour: not scored
+                holder, positions = flags
+                ok = ~holder.corrupt.flags[torch.from_numpy(positions[offset:offset + len(y)])]
+                offset += len(y)
+                if not ok.all():
+                    x, y = x[ok], y[ok]
+                if len(y) == 0:
+                    continue
             x = to_model_input(x, device, dtype)
             if config.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)

@@ -216,6 +216,15 @@ def test_evaluation_leaves_out_unreadable_images_and_says_so(cifar_like, capsys)
     feats = extract_features(model, preprocess(raw, train=False, resize=32, crop=32),
                              progress=False)
     assert len(feats) == 28 and feats.targets.tolist() == report.targets.tolist()
+    # fit's periodic evaluation scores the same 28 examples (a fresh copy: nothing flagged yet)
+    from bitkit.hyperrule import Schedule
+    from bitkit.train import TrainConfig, evaluate
+
+    data = preprocess(load("cifar10", "train", path=cifar_like), train=False, resize=32, crop=32)
+    config = TrainConfig(Schedule(0.1, 1, (), 2), batch_size=8, progress=False)
+    metrics = evaluate(model, data, config, "softmax", torch.device("cpu"))
+    assert metrics["top1"] == pytest.approx(report.top1)
+    assert metrics["loss"] == pytest.approx(float(report.loss.mean()), rel=1e-5)
     # A subset maps its positions to the parent's flags: a clean 1-shot set loses nothing.
     clean = predict(model, preprocess(kshot(raw, 1), train=False, resize=32, crop=32),
                     progress=False)
