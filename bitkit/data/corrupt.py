@@ -123,12 +123,14 @@ def readable_items(dataset: Any, indices: Sequence[int], what: str,
     out (``to_hf``, ``write_shards``): a copy must not hold a neighbour under another id."""
     skipped: list[str] = []
     get = getattr(dataset, "__getitems__", None)
+    found = flag_holder(dataset)  # once: the positions array is as long as the dataset
     for lo in range(0, len(indices), batch_size):
         idx = [int(i) for i in indices[lo:lo + batch_size]]
         items = get(idx) if get else [dataset[i] for i in idx]
-        bad = unreadable(dataset)
-        for i, (image, target) in zip(idx, items, strict=True):
-            if bad is not None and bad[i]:
+        bad = (found[0].corrupt.flags.numpy()[found[1][idx]] if found is not None
+               else np.zeros(len(idx), bool))  # flagged while this batch was fetched
+        for i, (image, target), broken in zip(idx, items, bad, strict=True):
+            if broken:
                 skipped.append(str(dataset.example_id(i)))
                 continue
             yield i, image, target
