@@ -15,9 +15,10 @@ arms, per model size
 Every arm is fine-tuned for the same ``--steps`` on the same ``--train-size`` examples of every
 task (VTAB-1k style), and gets its own best ``base_lr`` from ``--lrs``: a from-scratch model
 needs a larger lr than BiT's 0.003, and comparing at one lr would be unfair to one side. The lr
-is chosen on the test split (one number per task and arm, the same optimism for every arm; the
-table prints which lr won). Printed: top-1 per task and arm, differences pre-trained - scratch
-and large - small, and group means (natural, specialised, structured, as in VTAB).
+is chosen on ``--val-size`` held-out training examples, never on the test split
+(``experiments.sweep_lr``; the table prints which lr won). Printed: test top-1 per task and arm,
+differences pre-trained - scratch and large - small, and group means (natural, specialised,
+structured, as in VTAB).
 
 Default (about 30 minutes on 2 idle CPU cores with ``--threads 1`` while another job uses the
 other core; each pre-training sees 384k upstream images): R14x0.25 with all three arms on every
@@ -47,16 +48,13 @@ GROUPS = {g: tuple(data.list_cards(f"embedded-{g}")) for g in ("natural", "speci
 TASKS = tuple(t for g in GROUPS.values() for t in g)
 
 
-def sweep(task: str, start, lrs, args) -> tuple[float, float, dict[float, float]]:
-    """Fine-tune ``start`` on ``task`` once per lr -> (best top-1 %, its lr, all results)."""
-    results = {}
-    for lr in lrs:
-        run = experiments.finetune(task, start, train_size=args.train_size, steps=args.steps,
-                                   batch_size=args.batch_size, test_size=args.test_size,
-                                   seed=args.seed, base_lr=lr, progress=False)
-        results[lr] = 100.0 * run.top1
-    best = max(results, key=results.get)
-    return results[best], best, results
+def sweep(task: str, start, args) -> experiments.LrSweep:
+    """Fine-tune ``start`` on ``task`` once per lr; the lr is chosen on held-out training
+    examples and the chosen run's test top-1 is what the tables show."""
+    return experiments.sweep_lr(task, start, args.lrs, train_size=args.train_size,
+                                val_size=args.val_size, seed=args.seed, steps=args.steps,
+                                batch_size=args.batch_size, test_size=args.test_size,
+                                progress=False)
 
 
 def pretrained(model: str, size: int, args) -> torch.nn.Module:
@@ -73,19 +71,24 @@ def table(model: str, tasks, arms: dict, args) -> dict:
     """Sweep every arm on every task; print one row per task as it finishes."""
     names = list(arms)
     print(f"\n{model}: fine-tune {args.steps} steps, batch {args.batch_size}, "
-          f"{args.train_size} examples; test top-1 % (best base_lr)")
+          f"{args.train_size} examples; test top-1 % (base_lr chosen on {args.val_size} "
+          f"held-out training examples)")
     head = "".join(f"{n:>16}" for n in names)
     diffs = ["large-scratch"] + (["large-small"] if "small" in names else [])
-    print(f"{'task':<18}{head}" + "".join(f"{d:>13}" for d in diffs), flush=True)
+    print(f"{'task':<18}{head}" + "".join(f"{d:>15}" for d in diffs), flush=True)
     out = {}
     for task in tasks:
-        row = {n: sweep(task, start, args.lrs, args) for n, start in arms.items()}
-        out[task] = {n: {"top1": r[0], "lr": r[1], "sweep": r[2]} for n, r in row.items()}
-        d = [row["large"][0] - row["scratch"][0]]
+        row = {n: sweep(task, start, args) for n, start in arms.items()}
+        out[task] = {n: {"top1": 100 * r.top1, "lr": r.lr,
+                         "val": {lr: 100 * v for lr, v in r.val_top1.items()},
+                         "test": {lr: 100 * t for lr, t in r.test_top1.items()}}
+                     for n, r in row.items()}
+        top1 = {n: out[task][n]["top1"] for n in names}
+        d = [top1["large"] - top1["scratch"]]
         if len(diffs) > 1:
-            d.append(row["large"][0] - row["small"][0])
-        cells = "".join(f"{row[n][0]:>9.1f} ({row[n][1]:g})".rjust(16) for n in names)
-        print(f"{task:<18}{cells}" + "".join(f"{x:>+13.1f}" for x in d), flush=True)
+            d.append(top1["large"] - top1["small"])
+        cells = "".join(f"{top1[n]:>9.1f} ({row[n].lr:g})".rjust(16) for n in names)
+        print(f"{task:<18}{cells}" + "".join(f"{x:>+15.1f}" for x in d), flush=True)
     means = {n: group_means(out, n) for n in names}
     for group in means[names[0]]:
         print(f"{'mean ' + group:<18}" + "".join(f"{means[n][group]:>16.1f}" for n in names))
@@ -132,6 +135,8 @@ def main() -> None:
                     help="peak upstream lr; BiT's 0.03 x batch/256 is tuned for 90 epochs and "
                          "learns little in a CPU-sized run (0 keeps it)")
     ap.add_argument("--train-size", type=int, default=1000)
+    ap.add_argument("--val-size", type=int, default=500,
+                    help="held-out training examples the lr is chosen on")
     ap.add_argument("--test-size", type=int, default=1000)
     ap.add_argument("--steps", type=int, default=200, help="fine-tuning steps, every arm")
     ap.add_argument("--batch-size", type=int, default=64)

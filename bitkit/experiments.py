@@ -257,6 +257,47 @@ def finetune(
     return TransferRun(task, len(train_set), model, recipe, result, report)
 
 
+@dataclass
+class LrSweep:
+    """Fine-tuning runs that differ only in ``base_lr``, the lr chosen on held-out data."""
+
+    best: TransferRun                # the chosen lr's run; its report is on the test split
+    lr: float
+    val_top1: dict[float, float]     # lr -> top-1 on the held-out training examples
+    test_top1: dict[float, float]    # lr -> top-1 on the test split (reported, never chosen on)
+
+    @property
+    def top1(self) -> float:
+        return self.best.top1
+
+
+def sweep_lr(task: str, start: ResNetV2 | str, lrs: Sequence[float], *, train_size: int,
+             val_size: int, seed: int = 0, path: str | os.PathLike | None = None,
+             **finetune_options: Any) -> LrSweep:
+    """Fine-tune ``start`` on ``task`` once per lr in ``lrs`` and keep the best on validation.
+
+    ``train_size`` and ``val_size`` disjoint examples of the task's train split are drawn from
+    ``seed`` (``data.vtab1k_split``, VTAB-1k's 800/200 protocol at other sizes); every run
+    trains on the first and is scored on the second, and the test split only reports the
+    chosen run. Why not pick on test: the maximum of several noisy test scores is biased up,
+    and by more for whichever arm of a comparison has the noisier runs. A from-scratch baseline
+    needs a larger lr than BiT's 0.003, so comparisons (``bench/world_transfer.py``) give each
+    arm its own sweep. ``finetune_options`` go to :func:`finetune` (``steps``, ``test_size``,
+    ``batch_size``, ...).
+    """
+    if not lrs:
+        raise ValueError("sweep_lr: give at least one lr in lrs")
+    train, val = data.vtab1k_split(data.load(task, "train", path=path), seed=seed,
+                                   train=train_size, val=val_size)
+    runs, val_top1 = {}, {}
+    for lr in lrs:
+        runs[lr] = finetune(task, start, train_set=train, seed=seed, base_lr=lr, path=path,
+                            **finetune_options)
+        val_top1[lr] = runs[lr].evaluate(val, progress=False).top1
+    best = max(val_top1, key=val_top1.get)
+    return LrSweep(runs[best], best, val_top1, {lr: r.top1 for lr, r in runs.items()})
+
+
 def _check_finetune_options(task: str, *, train_set: Dataset | None, test_set: Dataset | None,
                             recipe: Recipe | None, train_size: int | None, shots: int | None,
                             test_size: int | None, steps: int | None, batch_size: int | None,

@@ -132,3 +132,16 @@ def test_shortened_recipe_keeps_the_schedule_shape():
     assert rule.shortened(500) is rule
     with pytest.raises(ValueError, match="at least 5"):
         rule.shortened(3)
+
+
+def test_sweep_lr_chooses_on_held_out_training_examples_not_on_test():
+    sweep = experiments.sweep_lr("world-count", "R14x0.25", (0.001, 0.3), train_size=64,
+                                 val_size=100, steps=8, batch_size=32, test_size=50,
+                                 progress=False)
+    assert set(sweep.val_top1) == set(sweep.test_top1) == {0.001, 0.3}
+    assert sweep.lr == max(sweep.val_top1, key=sweep.val_top1.get)
+    assert sweep.top1 == sweep.test_top1[sweep.lr] == sweep.best.report.top1
+    assert len(sweep.best.report) == 50 and sweep.best.train_size == 64
+    assert all(i.startswith("world-count:test:") for i in sweep.best.report.ids)
+    with pytest.raises(ValueError, match="at least one lr"):
+        experiments.sweep_lr("world-count", "R14x0.25", (), train_size=8, val_size=8)
