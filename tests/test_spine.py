@@ -21,11 +21,17 @@ from bitkit.data.sources import to_hf
 from bitkit.data.transforms import BiTTransform, InceptionTransform, Preprocessed
 
 
-def _parquet(folder, splits=("train",), size=16, task="world-objects"):
+def _parquet(folder, classes, splits=("train",), size=16, task="world-objects"):
+    """A tiny local copy of a real card's dataset: world images whose label column is a
+    ClassLabel of the card's ``classes`` (a copy with another class count is refused)."""
+    import datasets
+
     folder.mkdir(parents=True, exist_ok=True)
+    names = datasets.ClassLabel(names=[f"class {i}" for i in range(classes)])
     for split in splits:
         raw = load(task, "train" if split == "train" else "test", size=size)
-        to_hf(raw, progress=False).to_parquet(str(folder / f"{split}-0.parquet"))
+        hf = to_hf(raw, progress=False).cast_column("label", names)
+        hf.to_parquet(str(folder / f"{split}-0.parquet"))
     return folder
 
 
@@ -93,7 +99,7 @@ def test_preprocess_with_crop_only_is_the_upstream_transform():
 
 
 def test_run_file_prepares_an_upstream_recipe_with_the_inception_crop(tmp_path):
-    raw = load(_parquet(tmp_path / "data"), "train")         # a local folder: no teaching size
+    raw = load(_parquet(tmp_path / "data", classes=20), "train")  # local folder: no teaching size
     recipe = hyperrule.upstream(len(raw), batch_size=8, epochs=4)
     assert (recipe.resize, recipe.crop) == (None, 224)
     assert "Inception-style" in recipe.explain()
@@ -114,10 +120,10 @@ def test_pretrain_on_a_real_card_from_a_local_copy(tmp_path, monkeypatch):
         return real_fit(model, train_data, config, **kw)
 
     monkeypatch.setattr(experiments, "fit", spy)
-    data = _parquet(tmp_path / "imagenet", size=16)
+    data = _parquet(tmp_path / "imagenet", classes=1000, size=16)
     net = experiments.pretrain("R14x0.25", "ilsvrc2012", path=data, steps=6, batch_size=4,
                                size=999, cache_dir=tmp_path / "cache", progress=False)
-    assert net.num_classes == 20                                 # the local copy's classes
+    assert net.num_classes == 1000                               # the card's classes
     assert isinstance(seen["transform"], InceptionTransform) and seen["shape"] == (3, 224, 224)
     assert seen["steps"] == 6
     (folder,) = (tmp_path / "cache").iterdir()
@@ -129,7 +135,8 @@ def test_pretrain_on_a_real_card_from_a_local_copy(tmp_path, monkeypatch):
 
 
 def test_finetune_a_local_vtab_task_with_path(tmp_path):
-    data = _parquet(tmp_path / "svhn", splits=("train", "test"), size=24)
+    data = _parquet(tmp_path / "svhn", classes=10, splits=("train", "test"), size=24,
+                    task="world-count")
     with pytest.raises(ValueError, match="vtab-svhn has no hub copy: pass path="):
         experiments.finetune("vtab-svhn", progress=False)
     run = experiments.finetune("vtab-svhn", "R14x0.25", path=data, steps=5, batch_size=8,
