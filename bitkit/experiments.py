@@ -289,13 +289,15 @@ def sweep_lr(task: str, start: ResNetV2 | str, lrs: Sequence[float], *, train_si
         raise ValueError("sweep_lr: give at least one lr in lrs")
     train, val = data.vtab1k_split(data.load(task, "train", path=path), seed=seed,
                                    train=train_size, val=val_size)
-    runs, val_top1 = {}, {}
+    best_lr, best = None, None
+    val_top1, test_top1 = {}, {}
     for lr in lrs:
-        runs[lr] = finetune(task, start, train_set=train, seed=seed, base_lr=lr, path=path,
-                            **finetune_options)
-        val_top1[lr] = runs[lr].evaluate(val, progress=False).top1
-    best = max(val_top1, key=val_top1.get)
-    return LrSweep(runs[best], best, val_top1, {lr: r.top1 for lr, r in runs.items()})
+        run = finetune(task, start, train_set=train, seed=seed, base_lr=lr, path=path,
+                       **finetune_options)
+        val_top1[lr], test_top1[lr] = run.evaluate(val, progress=False).top1, run.top1
+        if best is None or val_top1[lr] > val_top1[best_lr]:  # ties: the first lr
+            best_lr, best = lr, run  # only the best model is kept, not one per lr
+    return LrSweep(best, best_lr, val_top1, test_top1)
 
 
 def _check_finetune_options(task: str, *, train_set: Dataset | None, test_set: Dataset | None,
