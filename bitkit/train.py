@@ -409,16 +409,16 @@ def _corrupt_report(data: Dataset, info: DistInfo, device: torch.device,
     rank's loader flags what *it* loaded, so the flags are OR-ed over ranks first (one
     all-reduce of n bytes at the end of the run).
     """
-    found = flag_holder(data)
+    lookup = flag_holder(data)
     report = getattr(data, "corrupt_report", None)
-    if found is None and report is None:
+    if lookup is None and report is None:
         return None
-    if found is not None and info.is_distributed:
-        flags = found[0].corrupt.flags
+    if lookup is not None and info.is_distributed:
+        flags = lookup.holder.corrupt.flags
         seen = distributed.all_reduce_sum(flags.to(device=device, dtype=torch.int32))
         flags |= (seen > 0).cpu()
     try:
-        return report(limit) if report is not None else found[0].corrupt_report(limit)
+        return report(limit) if report is not None else lookup.holder.corrupt_report(limit)
     except AttributeError:  # a wrapper over data that never has unreadable images
         return None
 
@@ -473,13 +473,12 @@ def evaluate(model: nn.Module, data: Dataset, config: TrainConfig, loss_kind: st
     model.eval()
     acc = Accumulator(device)
     dtype = next(model.parameters()).dtype
-    flags = flag_holder(shard)  # file-backed data: which examples could not be decoded
+    unreadable = flag_holder(shard)  # file-backed data: which examples could not be decoded
     offset = 0
     try:
         for x, y in loader:
-            if flags is not None:  # an unreadable one arrived as its neighbour: not scored
-                holder, positions = flags
-                ok = ~holder.corrupt.flags[torch.from_numpy(positions[offset:offset + len(y)])]
+            if unreadable is not None:  # an unreadable one arrived as its neighbour: not scored
+                ok = torch.from_numpy(~unreadable(slice(offset, offset + len(y))))
                 offset += len(y)
                 if not ok.all():
                     x, y = x[ok], y[ok]

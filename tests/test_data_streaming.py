@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
-
 import datasets
 import pytest
 import torch
@@ -90,7 +88,6 @@ def test_a_stream_with_a_card_follows_its_flip_and_crop_permissions(tmp_path):
     raw = load("world-orientation", "train", size=16)
     expected = preprocess(raw, False, resize=32, crop=32)
     assert all(torch.equal(a, expected[i][0]) for i, a in enumerate(eval_images))
-    shutil.rmtree(tmp_path)
 
 
 def test_hf_streaming_from_local_parquet(tmp_path):

@@ -81,9 +81,24 @@ class CorruptFlags:
         return torch.nonzero(self.flags).flatten()
 
 
-def flag_holder(data: Any) -> tuple[Any, np.ndarray] | None:
-    """The dataset under ``data``'s wrappers that holds :class:`CorruptFlags`, and the position
-    in it of each of ``data``'s examples; ``None`` for data that never has unreadable images.
+@dataclass(frozen=True)
+class FlagLookup:
+    """The flags of the dataset under some wrappers (``holder``), seen through their positions:
+    ``lookup(rows)`` says which of the wrapper's examples ``rows`` (an index array or slice)
+    were flagged unreadable. Made once per pass (``positions`` is as long as the data), then
+    asked per batch."""
+
+    holder: Any
+    positions: np.ndarray
+
+    def __call__(self, rows: Any = slice(None)) -> np.ndarray:
+        return self.holder.corrupt.flags.numpy()[self.positions[rows]]
+
+
+def flag_holder(data: Any) -> FlagLookup | None:
+    """A :class:`FlagLookup` for ``data``: the dataset under its wrappers that holds
+    :class:`CorruptFlags`, and the position in it of each of ``data``'s examples; ``None`` for
+    data that never has unreadable images.
 
     Follows ``DataLoader.dataset``, ``Preprocessed.raw`` (same positions), and
     ``SubsetDataset.parent`` / ``torch.utils.data.Subset.dataset`` (positions through their
@@ -92,7 +107,7 @@ def flag_holder(data: Any) -> tuple[Any, np.ndarray] | None:
     ds, positions = data, None
     for _ in range(16):  # wrappers are shallow; a bound, not a loop over a cycle
         if isinstance(getattr(ds, "corrupt", None), CorruptFlags):
-            return ds, np.arange(len(ds)) if positions is None else positions
+            return FlagLookup(ds, np.arange(len(ds)) if positions is None else positions)
         inner = next((getattr(ds, a) for a in ("raw", "parent", "dataset")
                       if getattr(ds, a, None) is not None), None)
         if inner is None:
@@ -108,11 +123,8 @@ def flag_holder(data: Any) -> tuple[Any, np.ndarray] | None:
 def unreadable(data: Any) -> np.ndarray | None:
     """Bool per example of ``data``: was it flagged unreadable (so that a lookup returned a
     substitute in its place)? ``None`` for data that never has unreadable images."""
-    found = flag_holder(data)
-    if found is None:
-        return None
-    holder, positions = found
-    return holder.corrupt.flags.numpy()[positions]
+    lookup = flag_holder(data)
+    return None if lookup is None else lookup()
 
 
 def readable_items(dataset: Any, indices: Sequence[int], what: str,
@@ -123,12 +135,12 @@ def readable_items(dataset: Any, indices: Sequence[int], what: str,
     out (``to_hf``, ``write_shards``): a copy must not hold a neighbour under another id."""
     skipped: list[str] = []
     get = getattr(dataset, "__getitems__", None)
-    found = flag_holder(dataset)  # once: the positions array is as long as the dataset
+    lookup = flag_holder(dataset)
     for lo in range(0, len(indices), batch_size):
         idx = [int(i) for i in indices[lo:lo + batch_size]]
         items = get(idx) if get else [dataset[i] for i in idx]
-        bad = (found[0].corrupt.flags.numpy()[found[1][idx]] if found is not None
-               else np.zeros(len(idx), bool))  # flagged while this batch was fetched
+        # flagged while this batch was fetched
+        bad = lookup(idx) if lookup is not None else np.zeros(len(idx), bool)
         for i, (image, target), broken in zip(idx, items, bad, strict=True):
             if broken:
                 skipped.append(str(dataset.example_id(i)))
