@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from bitkit.data import get_card, load
-from bitkit.data.world import backgrounds, duplicate_of, pairs
+from bitkit.data.world import backgrounds, duplicate_of, pairs, rng
 from bitkit.data.world.duplicates import PLANTED, pair_scene
 from bitkit.data.world.taxonomy import held_out, upstream_taxonomy
 
@@ -154,6 +154,34 @@ def test_planted_duplicates_ground_truth():
         assert pair.downstream_id == gt[p].downstream_id
         assert torch.nonzero(target).flatten().tolist() == [pair.upstream_label]
         assert torch.equal(image, torch.from_numpy(pair_scene(0, p, 32)))
+
+
+def test_every_host_plants_its_own_pictures_with_their_labels():
+    """world-fine, world-texture and world-count host 40 copies each, as world-objects does:
+    the test image is a perturbed copy of the upstream one and keeps the host's label; the
+    upstream copy keeps the label the upstream drew for that index."""
+    n_up = 2000
+    up = load("world-upstream", "train", size=n_up)
+    everything = pairs(n_up, host=None)
+    assert len(everything) == 4 * PLANTED
+    assert len({p.upstream_id for p in everything}) == 4 * PLANTED  # no two share an index
+    for host in ("world-fine", "world-texture", "world-count"):
+        gt = pairs(n_up, host=host)
+        assert len(gt) == PLANTED and all(p.downstream_id.startswith(host) for p in gt)
+        test = load(host, "test")
+        for p in gt[:4]:
+            i = int(p.downstream_id.rsplit(":", 1)[1])
+            j = int(p.upstream_id.rsplit(":", 1)[1])
+            (dn, dn_label), (u, _) = test[i], up[j]
+            assert dn_label == p.downstream_label and p.upstream_label is None
+            assert torch.equal(u, torch.from_numpy(pair_scene(0, gt.index(p), 32, host)))
+            assert 0 < (u.float() - dn.float()).abs().mean() < 90  # perturbed, not identical
+            assert duplicate_of(p.downstream_id, n_up) == p.upstream_id
+        # the upstream label of a non-object copy is the index's own draw (a web tag)
+        j = np.array([int(gt[0].upstream_id.rsplit(":", 1)[1])])
+        assert up.labels(j)[0] == up._labels(rng.keys(0, up.stream, j), j)[0]
+    with pytest.raises(ValueError, match="hosts no planted duplicates"):
+        pairs(n_up, host="world-location")
 
 
 def test_foregrounds_masks_and_backgrounds():

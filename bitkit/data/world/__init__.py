@@ -22,7 +22,8 @@ from bitkit.data.world.upstream import UpstreamWorld
 #: 2: upstream close-ups and flocks (``upstream`` module docstring).
 #: 3: ``world-fine`` classes are look-alike upstream shapes, not stars with 4-7 points.
 #: 4: multi-label upstream images hold 1.26 labelled objects on average (JFT's), not 2.0.
-VERSION = 4
+#: 5: near-duplicates planted in world-fine, world-texture and world-count too (``duplicates``).
+VERSION = 5
 
 GENERATORS: dict[str, type[WorldDataset]] = {
     "upstream": UpstreamWorld, "foregrounds": ForegroundObjects, **_DOWNSTREAM,

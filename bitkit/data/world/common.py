@@ -50,6 +50,14 @@ class WorldDataset(ImageDataset):
         """uint8 images (B, 3, S, S) for these examples (``labels`` from ``_labels``)."""
         raise NotImplementedError  # pragma: no cover - abstract
 
+    def _planted_labels(self, indices: np.ndarray, labels: np.ndarray) -> np.ndarray:
+        """Labels after planted examples replaced theirs (tasks that host plants override)."""
+        return labels
+
+    def _planted_images(self, indices: np.ndarray, images: np.ndarray) -> np.ndarray:
+        """Images after planted examples replaced theirs (tasks that host plants override)."""
+        return images
+
     # ------------------------------------------------------------------------- public API
     def __len__(self) -> int:
         return self.size
@@ -68,7 +76,8 @@ class WorldDataset(ImageDataset):
         out = []
         for lo in range(0, idx.size, 1 << 16):  # bounded memory on 10M-example splits
             chunk = idx[lo:lo + (1 << 16)]
-            out.append(self._labels(rng.keys(self.seed, self.stream, chunk), chunk))
+            out.append(self._planted_labels(
+                chunk, self._labels(rng.keys(self.seed, self.stream, chunk), chunk)))
         if not out:
             return np.zeros((0, self.num_classes) if self.multi_label else (0,), np.int64)
         return np.concatenate(out)
@@ -77,8 +86,8 @@ class WorldDataset(ImageDataset):
         """Images ``(B, 3, S, S)`` uint8 and labels for a batch of indices."""
         idx = self._indices(indices)
         keys = rng.keys(self.seed, self.stream, idx)
-        labels = self._labels(keys, idx)
-        return torch.from_numpy(self._draw(keys, idx, labels)), labels
+        labels = self._planted_labels(idx, self._labels(keys, idx))
+        return torch.from_numpy(self._planted_images(idx, self._draw(keys, idx, labels))), labels
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int | torch.Tensor]:
         images, labels = self.render([index])

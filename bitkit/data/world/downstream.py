@@ -55,35 +55,48 @@ def _in_bin(label: np.ndarray, u: np.ndarray, bins: int) -> np.ndarray:
     return (label + 0.1 + 0.8 * u) / bins
 
 
-class ObjectsTask(WorldDataset):
-    """Natural-like: 20 classes unseen upstream; the test split hosts planted near-duplicates."""
-
-    combos = held_out_combos(duplicates.NATURAL_CLASSES)
+class Task(WorldDataset):
+    """A downstream task. The test split of a ``duplicates.HOSTS`` task holds planted,
+    perturbed near-duplicates of upstream train images, with their own labels."""
 
     def __init__(self, card: DataCard, split: str = "train", **kw):
         super().__init__(card, split, **kw)
-        self.planted = duplicates.test_plants(self.size) if card.splits[split] == "test" else {}
+        hosts = card.name in duplicates.HOSTS and card.splits[split] == "test"
+        self.planted = duplicates.test_plants(self.size) if hosts else {}
+
+    def _plants_in(self, indices: np.ndarray) -> list[tuple[int, int]]:
+        """(batch position, pair) of the planted examples among ``indices``."""
+        if not self.planted:
+            return []
+        return [(j, self.planted[int(i)]) for j, i in enumerate(indices) if int(i) in self.planted]
+
+    def _planted_labels(self, indices, labels):
+        for j, p in self._plants_in(indices):
+            labels[j] = duplicates.pair_class(self.seed, p, self.card.name)
+        return labels
+
+    def _planted_images(self, indices, images):
+        for j, p in self._plants_in(indices):
+            images[j] = duplicates.perturbed_scene(self.seed, p, self.image_size, self.card.name)
+        return images
+
+
+class ObjectsTask(Task):
+    """Natural-like: 20 classes unseen upstream; the test split hosts planted near-duplicates."""
+
+    combos = held_out_combos(duplicates.NATURAL_CLASSES)
 
     def _class_names(self) -> list[str]:
         return [combo_name(*c) for c in self.combos]
 
     def _labels(self, keys, indices):
-        labels = rng.integers(keys, 1, self.num_classes, salt=1)[:, 0]
-        for j, i in enumerate(indices):
-            if int(i) in self.planted:
-                labels[j] = duplicates.pair_class(self.seed, self.planted[int(i)])
-        return labels
+        return rng.integers(keys, 1, self.num_classes, salt=1)[:, 0]
 
     def _draw(self, keys, indices, labels):
-        images = natural_scene(keys, self.combos[labels], self.image_size)
-        for j, i in enumerate(indices):
-            if int(i) in self.planted:
-                images[j] = duplicates.perturbed_scene(self.seed, self.planted[int(i)],
-                                                       self.image_size)
-        return images
+        return natural_scene(keys, self.combos[labels], self.image_size)
 
 
-class FineTask(WorldDataset):
+class FineTask(Task):
     """Fine-grained: four look-alike shapes (pentagon, hexagon, star, flower) x fill (solid or
     striped) x a subtle shade (orange or red on blue), like Pets / Flowers breeds that differ in
     details. All four shapes are upstream shapes: ImageNet-21k holds many breeds, and a
@@ -118,7 +131,7 @@ class FineTask(WorldDataset):
         return finish(canvas, keys)
 
 
-class TextureTask(WorldDataset):
+class TextureTask(Task):
     """Specialised: a texture fills the whole frame; colours are random, so only the pattern
     (and its scale) identifies the class, as in DTD."""
 
@@ -154,7 +167,7 @@ class TextureTask(WorldDataset):
         return palette_colours(c[:, 0], second, rng.uniform(keys, 6, salt=9))
 
 
-class CountTask(WorldDataset):
+class CountTask(Task):
     """Structured: count 1-6 objects (Clevr-count). A crop could cut objects out: no crop."""
 
     def _class_names(self) -> list[str]:
@@ -177,7 +190,7 @@ class CountTask(WorldDataset):
         return finish(canvas, keys)
 
 
-class OrientationTask(WorldDataset):
+class OrientationTask(Task):
     """Structured: direction an arrow points, in 8 bins of 45 degrees (dSprites-orientation).
     A horizontal flip mirrors the direction: no flip."""
 
@@ -198,7 +211,7 @@ class OrientationTask(WorldDataset):
         return finish(canvas, keys)
 
 
-class LocationTask(WorldDataset):
+class LocationTask(Task):
     """Structured: horizontal position of one object in 8 bins (dSprites-location). Both a
     flip (mirrors x) and a crop (shifts x) change the label."""
 
@@ -217,7 +230,7 @@ class LocationTask(WorldDataset):
         return finish(canvas, keys)
 
 
-class DistanceTask(WorldDataset):
+class DistanceTask(Task):
     """Structured: distance of the nearest of 1-3 objects, in 4 bins (Clevr-/KITTI-distance).
     Farther objects are smaller and higher in the frame; a crop-and-resize changes apparent
     size and height, so: no crop."""

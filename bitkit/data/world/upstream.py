@@ -6,8 +6,9 @@ JFT: paper section 3.1) and an optional label-noise rate (JFT: ~20% noisy labels
 Objects usually sit on their class's habitat background (``context``), so a model can learn
 to lean on context: the out-of-context test (supplementary F) measures exactly that.
 
-Near-duplicates of the ``world-objects`` test images are planted in the train split (see
-``duplicates``), as JFT contained near-copies of downstream test images (supplementary B).
+Near-duplicates of test images of four downstream tasks (``duplicates.HOSTS``) are planted in
+the train split (see ``duplicates``), as JFT contained near-copies of downstream test images
+(supplementary B).
 
 Scene kinds (world version 2). Real upstream photos are not all one centred object: some are
 close-ups where the object's surface fills the frame, some show a group of the same thing.
@@ -105,8 +106,9 @@ class UpstreamWorld(WorldDataset):
     def _labels(self, keys: np.ndarray, indices: np.ndarray) -> np.ndarray:
         cls = self._clean(keys)
         n_obj = self._objects_per_image(keys)
-        for j, (_pair, label) in self._plants_in(indices):
-            cls[j, 0], n_obj[j] = label, 1
+        for j, plant in self._plants_in(indices):
+            if plant.label is not None:
+                cls[j, 0], n_obj[j] = plant.label, 1
         if self.label_noise > 0:
             u = rng.uniform(keys, 2, salt=3)
             shift = 1 + (u[:, 1] * (self.num_classes - 1)).astype(np.int64)
@@ -169,8 +171,8 @@ class UpstreamWorld(WorldDataset):
             render.composite(canvas, obj)
         self._flock(canvas, keys, cls[:, 0], kind == 2)
         images = finish(canvas, keys)
-        for j, (pair, _label) in self._plants_in(indices):
-            images[j] = duplicates.pair_scene(self.seed, pair, s)
+        for j, plant in self._plants_in(indices):
+            images[j] = duplicates.pair_scene(self.seed, plant.pair, s, plant.host)
         return images
 
     @staticmethod
