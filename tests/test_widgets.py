@@ -411,16 +411,45 @@ def test_duplicate_inspector_threshold_counts_and_precision_recall(tmp_path):
     s = panel.stats()
     assert (s["pairs"], s["precision"], s["recall"]) == (4, 0.75, 1.0)
     assert panel.figure.layout.shapes[0].x0 == pytest.approx(0.85)
-    assert [t.name for t in panel.figure.data] == ["precision", "recall", "f1"]
+    assert [t.name for t in panel.figure.data] == ["precision", "recall", "f1",
+                                                   "planted precision"]
     row = panel.list.children[2]  # t:2 | u:2, not a known pair
     assert "not a known pair" in row.children[0].value and row.children[0].value.count("<img") == 2
+    assert "#c62828" in row.children[0].value  # red: a false positive
     row.children[1].value = "false positive"
     panel.list.children[0].children[1].value = "true duplicate"
     assert "your marks: 1 true, 1 false" in panel.counts.value
+    # a mark is a badge; the border keeps meaning the kind (found: green)
+    first = panel.list.children[0].children[0].value
+    assert "your mark: true duplicate" in first and "#2e7d32" in first
     reloaded = DuplicateInspector(dup_report(), marks=tmp_path / "marks.json")
     assert reloaded.marks == {"t:0 | u:0": "true duplicate", "t:2 | u:2": "false positive"}
     assert reloaded.figure.data[0].type == "histogram"  # no ground truth: similarity histogram
     assert panel.error is None and reloaded.error is None
+
+
+def test_duplicate_inspector_shows_found_missed_false_and_look_alikes():
+    """A verified report: the kinds by view, with the right colours and counts."""
+    sims = np.array([[0.99], [0.97], [0.96], [0.90]], dtype=np.float32)
+    report = DuplicateReport(
+        np.array([f"t:{i}" for i in range(4)]), np.array([[f"u:{i}"] for i in range(4)]), sims,
+        threshold=0.95, meta={"score": "pixel"}, cosine=np.full((4, 1), 0.8, np.float32),
+        detail=sims.copy(), colour_error=np.full((4, 1), 0.01, np.float32),
+        pixel_error=np.array([[0.01], [0.02], [0.20], [0.03]], np.float32))
+    truth = [("t:0", "u:0"), ("t:3", "u:3")]  # t:1 near-identical, t:2 not, t:3 missed
+    panel = DuplicateInspector(report, downstream=Named("t", 4), upstream=Named("u", 4),
+                               ground_truth=truth)
+    s = panel.stats()
+    assert (s["true_positives"], s["look_alikes"], s["false_positives"], s["missed"]) == (1, 1, 1, 1)
+    assert s["precision"] == pytest.approx(2 / 3) and s["planted_precision"] == pytest.approx(1 / 3)
+    assert s["recall"] == 0.5 and "1 look-alikes" in panel.counts.value
+    for view, pair, colour in (("found", "t:0", "#2e7d32"), ("look-alikes", "t:1", "#1565c0"),
+                               ("false positives", "t:2", "#c62828"), ("missed", "t:3", "#ef6c00")):
+        panel.view.value = view
+        assert [p["downstream_id"] for p in panel.pairs] == [pair]
+        html = panel.list.children[0].children[0].value
+        assert colour in html and "pixel score" in html and "detail" in html
+    assert "view: missed" in panel.static_html() and panel.error is None
 
 
 # ---------------------------------------------------------------------------------- OOC
