@@ -186,6 +186,7 @@ CHECKS: dict[str, Callable[[str, Any], Any]] = {
     "seed": lambda n, v: _int(n, v, 0), "processes": _processes, "device": _device,
     "variant": _choice(("S", "M", "L")), "threshold": _fraction,
     "trials": lambda n, v: _int(n, v, 1),
+    "search_size": lambda n, v: _int(n, v, 10), "k": lambda n, v: _int(n, v, 1),
 }
 
 

@@ -237,13 +237,24 @@ def test_06_error_browser(shared_cache, tmp_path):
 
 @pytest.mark.slow
 def test_07_duplicates(shared_cache, tmp_path):
-    m = run("07_duplicates", tmp_path, **UPSTREAM, search_size=5000, train_size=300, steps=40)
-    assert m["planted"] == 40 and m["test_size"] == 1000  # min(40, 5000 // 10) pairs planted
-    assert 0.5 <= m["threshold"] <= 1
-    assert 0 < m["precision"] <= 1 and 0 < m["recall"] <= 1
-    assert 1 <= m["dups"] <= 200
-    assert 0 <= m["dedup"] <= 100 and 0 <= m["full"] <= 100
-    assert abs(m["full"] - m["dedup"]) < 3  # supplementary B: duplicates barely move accuracy
+    """The lesson's own model and search at the fixed threshold, on two host test sets.
+
+    Measured with these parameters (world seed 0): world-objects recall 0.975, precision 1.0
+    (one look-alike), world-count recall 0.925, precision 1.0; the cosine search at its best
+    threshold (0.98, picked with the truth) precision 0.50, recall 0.10. Full and Dedup within
+    0.4 points."""
+    m = run("07_duplicates", tmp_path, **UPSTREAM, search_size=5000, train_size=300, steps=40,
+            tasks=["world-objects", "world-count"])
+    assert m["planted"] == 40 and m["threshold"] == 0.95  # fixed, not picked on the truth
+    assert m["recall"] >= 0.95 and m["precision"] >= 0.9
+    assert m["cosine_precision"] < 0.7 and m["cosine_recall"] < 0.7
+    for name, t in m["tasks"].items():
+        assert t["planted"] == 40 and t["test_size"] == 1000
+        assert t["found"] / t["planted"] >= 0.9, (name, t)
+        flagged = t["found"] + t["look_alikes"] + t["false_positives"]
+        assert (t["found"] + t["look_alikes"]) / flagged >= 0.9, (name, t)
+        assert 1 <= t["dups"] <= flagged  # Table 1's Dups: test images with a flagged pair
+        assert abs(t["full"] - t["dedup"]) < 3  # supplementary B: duplicates barely move it
 
 
 @pytest.mark.slow
