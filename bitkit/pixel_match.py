@@ -9,17 +9,19 @@ module compares the pictures themselves, in two steps that scale like the model 
 - **retrieval signatures** (:func:`signatures`): each image becomes an 8x8-per-channel thumbnail
   (blurred, each channel's mean removed and scaled to unit norm, so a colour cast or a change of
   brightness does not matter), L2-normalised, so a dot product is a correlation. Test images are
-  signed at every shift of up to ``MAX_SHIFT`` pixels (:func:`shifted_signatures`), and a pair's
-  retrieval score is the best over shifts: a copy that moved by a few pixels is found exactly,
-  not by luck.
+  signed at nine shifts (:func:`shifted_signatures`: every shift of up to ``MAX_SHIFT`` pixels is
+  within a pixel of one of them, which the blur absorbs), and a pair's retrieval score is the
+  best over shifts, so a copy that moved by a few pixels is not missed by a misaligned grid.
 - **verification** (:func:`verify`) of the few candidates each test image retrieves, on 32x32
-  images: the *detail* score is the correlation of the band-passed luminance (a difference of
-  Gaussians at 1 and 3 pixels keeps shapes, edges and textures and drops sensor noise, JPEG
-  blocking and smooth backgrounds) at the best shift; the *colour error* is the RMS difference of
-  the blurred colours at that shift after the best per-channel gain in ``GAIN`` (a copy may be
-  recoloured a little, a different object is not). The **pixel score** is
-  ``min(detail, 1 - 2 * colour_error)``: at 0.95 the details correlate at 0.95 or more *and*
-  the colours agree within 2.5% RMS.
+  images. The pair is aligned at the shift where the band-passed luminance (a difference of
+  Gaussians at 1 and 3 pixels: shapes, edges and textures, without sensor noise, JPEG blocking
+  and smooth backgrounds) agrees best. The *detail* score is the worst agreement of that
+  band-passed luminance in local windows (SSIM's contrast-structure term, with a floor below
+  which differences are too faint to count), so one small object present in only one picture
+  fails the pair. The *colour error* is the RMS difference of the blurred colours after the
+  best per-channel gain in ``GAIN`` (a copy may be recoloured a little, a different object is
+  not). The **pixel score** is ``min(detail, 1 - 2 * colour_error)``: at 0.95 the details agree
+  at 0.95 or more everywhere *and* the colours agree within 2.5% RMS.
 
 Every image is resized to ``SIZE`` x ``SIZE`` first (area average), so copies at another
 resolution compare as equals, and the score has one meaning for every model, dataset and image
