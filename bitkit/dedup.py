@@ -54,8 +54,9 @@ from bitkit import pixel_match
 from bitkit.evaluate import Data, Report, _dataset_of, _features_fn, example_ids, run_model
 from bitkit.fileio import load_npz, save_npz
 
-#: The duplicate threshold on the pixel score (:mod:`bitkit.pixel_match`): the details of the two
-#: pictures correlate at 0.95 or more at the best shift and their colours agree within 2.5% RMS.
+#: The duplicate threshold on the pixel score (:mod:`bitkit.pixel_match`): aligned at the best
+#: shift, the details of the two pictures agree at 0.95 or more in every local window and their
+#: colours agree within 2.5% RMS.
 #: The paper does not state its threshold; this one is fixed, not tuned on ground truth.
 DEFAULT_THRESHOLD = 0.95
 #: What a verified search keeps per neighbour besides its pixel score (DuplicateReport fields).
@@ -103,13 +104,14 @@ class Embeddings:
 
 
 def _embed_batches(model: nn.Module, data: Data, *, batch_size: int, num_workers: int,
-                   progress: bool, desc: str
-                   ) -> Iterator[tuple[torch.Tensor, list[str], torch.Tensor]]:
-    """(unit pre-logits, image hashes, uint8 thumbnails) batch by batch, on the model's device."""
+                   progress: bool, desc: str, thumbnails: bool = True
+                   ) -> Iterator[tuple[torch.Tensor, list[str], torch.Tensor | None]]:
+    """(unit pre-logits, image hashes, uint8 thumbnails or None) batch by batch, on the model's
+    device."""
     for f, _, images in run_model(model, data, _features_fn, batch_size=batch_size,
                                   num_workers=num_workers, progress=progress, desc=desc):
         yield (F.normalize(f.float(), dim=1), [image_hash(img) for img in images],
-               pixel_match.thumbnails(images.to(f.device)))
+               pixel_match.thumbnails(images.to(f.device)) if thumbnails else None)
 
 
 def embed(model: nn.Module, data: Data, *, batch_size: int = 64, num_workers: int = 0,
@@ -118,7 +120,7 @@ def embed(model: nn.Module, data: Data, *, batch_size: int = 64, num_workers: in
     (``thumbnails=True``) the thumbnails verification compares."""
     vecs, hashes, thumbs = [], [], []
     for v, h, t in _embed_batches(model, data, batch_size=batch_size, num_workers=num_workers,
-                                  progress=progress, desc="embed"):
+                                  progress=progress, desc="embed", thumbnails=thumbnails):
         vecs.append(v.cpu().numpy())
         hashes.extend(h)
         if thumbnails:
@@ -386,8 +388,8 @@ class DuplicateReport:
     the pixel score of a verified search (``meta["score"] == "pixel"``), else the cosine of the
     pre-logits. A verified search also keeps, per neighbour, the ``cosine`` of the pre-logits,
     the two parts of the pixel score (``detail``, ``colour_error``) and the RMS difference of
-    the aligned pictures (``pixel_error``, what :meth:`outcomes` reads to tell a look-alike). ``exact`` lists
-    (downstream_id, upstream_id) pairs whose images are byte-identical.
+    the aligned pictures (``pixel_error``, what :meth:`outcomes` reads to tell a look-alike).
+    ``exact`` lists (downstream_id, upstream_id) pairs whose images are byte-identical.
     """
 
     query_ids: np.ndarray
@@ -467,8 +469,9 @@ class DuplicateReport:
                     "look_alikes" if row["exact"] or (err is not None and err <= LOOKALIKE_ERROR)
                     else "false_positives")
             out[kind].append(row)
+        known_tests = {d for d, _ in gt}
         kept = {(str(q), str(u)): (i, j) for i, q in enumerate(self.query_ids)
-                for j, u in enumerate(self.neighbour_ids[i]) if u}
+                if str(q) in known_tests for j, u in enumerate(self.neighbour_ids[i]) if u}
         parts = self._parts()
         for key, pair in gt.items():
             if key not in flagged:
@@ -656,7 +659,7 @@ def find_duplicates(
                     backend=backend)
     wanted = _by_hash(q.ids, q.hashes)
     hits: list[tuple[str, int]] = []  # (hash, upstream position) of byte-identical images
-    pending: list[tuple[torch.Tensor, torch.Tensor]] = []
+    pending: list[tuple[torch.Tensor, torch.Tensor | None]] = []
     n_pending = 0
     position = 0
 
@@ -664,7 +667,7 @@ def find_duplicates(
         """Search whole blocks of exactly ``block_size`` (the verified search's candidates
         depend on where blocks start, so streaming and :func:`search` cut them alike)."""
         vectors = torch.cat([v for v, _ in pending])
-        thumbs = torch.cat([t for _, t in pending])
+        thumbs = torch.cat([t for _, t in pending]) if verify else None
         pending.clear()
         end = len(vectors) if final else len(vectors) - len(vectors) % block_size
         for lo in range(0, end, block_size):
@@ -673,12 +676,12 @@ def find_duplicates(
             else:
                 top.add(vectors[lo:lo + block_size])
         if end < len(vectors):
-            pending.append((vectors[end:], thumbs[end:]))
+            pending.append((vectors[end:], thumbs[end:] if verify else None))
         return len(vectors) - end
 
     for v, hashes, thumbs in _embed_batches(model, upstream, batch_size=batch_size,
                                             num_workers=num_workers, progress=progress,
-                                            desc="upstream"):
+                                            desc="upstream", thumbnails=verify):
         for h in hashes:
             if h in wanted:
                 hits.append((h, position))

@@ -209,24 +209,17 @@ class DuplicateInspector(Panel):
         self.page = min(max(0, self.page + delta), pages - 1)
         self._show_page()
 
-    def _kinds(self) -> dict[tuple[str, str], str]:
-        """(downstream_id, upstream_id) -> kind name, for every flagged or missed known pair."""
-        if self.truth is None:
-            return {}
-        o = self.report.outcomes(self.truth, self.threshold.value)
-        return {(r["downstream_id"], r["upstream_id"]): _KIND_NAME[kind]
-                for kind, rows in o.items() for r in rows}
-
-    def _view_pairs(self) -> list[dict[str, Any]]:
-        if self.view.value == "flagged" or self.truth is None:
-            return self.report.pairs(self.threshold.value)
-        return self.report.outcomes(self.truth, self.threshold.value)[
-            _KIND_OF_VIEW[self.view.value]]
-
     @guarded
     def update(self) -> None:
-        self.kinds = self._kinds()
-        self.pairs = self._view_pairs()
+        t = self.threshold.value
+        if self.truth is None:
+            self.kinds, self.pairs = {}, self.report.pairs(t)
+        else:  # one pass sorts every pair: the borders and the current view both read it
+            o = self.report.outcomes(self.truth, t)
+            self.kinds = {(r["downstream_id"], r["upstream_id"]): _KIND_NAME[kind]
+                          for kind, rows in o.items() for r in rows}
+            self.pairs = (self.report.pairs(t) if self.view.value == "flagged"
+                          else o[_KIND_OF_VIEW[self.view.value]])
         self.counts.value = self._counts_html()
         self._line(self.figure)
         self._show_page()
