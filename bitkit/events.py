@@ -173,3 +173,168 @@ def _show(key: str, value: float | None) -> str:
     if value is None:
         return "n/a"
     return f"{100 * value:.2f}%" if key.startswith("top") else f"{value:.4f}"
+
+
+_TENSORBOARD_MISSING = ("TensorBoardLogger needs the tensorboard package, which is not installed. "
+                        "Install it with: pip install 'bitkit[tensorboard]' (or: pip install "
+                        "tensorboard)")
+
+
+class TensorBoardLogger:
+    """Writes a run's events as TensorBoard event files in ``log_dir``; follow it with
+    ``tensorboard --logdir <log_dir or a folder above it>``.
+
+    Scalars, at ``global_step = event.step``: ``train/loss``, ``train/lr`` and
+    ``train/examples_per_s`` at every step event; ``eval/<metric>`` (``eval/loss``,
+    ``eval/top1``, ``eval/top5`` when present) at eval events; ``train/corrupt_skipped`` at the
+    end when the data reports it. Text (TensorBoard shows the tags with ``/text_summary``
+    appended): ``run/config`` at start (``config`` as a table, with the steps the session
+    covers) and ``run/end`` (the end reason). With ``hparams`` the flattened
+    ``config`` also goes to the HParams dashboard (a session that starts at ``start`` and ends at
+    ``end``, metrics taken from the scalars above). Accuracies stay fractions in [0, 1].
+
+    ``config`` is what ran: a :class:`~bitkit.train.TrainConfig`, any dataclass or object with
+    ``to_dict()``, or a mapping such as a whole run file (nested keys become ``a.b``).
+
+    The writer opens at ``start``, not here, so a logger built on every rank of a ``torchrun``
+    job writes nothing outside rank 0 (``fit`` calls observers on rank 0 only). It is flushed at
+    eval, checkpoint and end events (and every ``flush_secs`` in between) and closed at
+    ``end``; the next ``start`` opens a new event file. A resumed run (``start`` at step S > 0)
+    writes into the same ``log_dir``; its new file begins with a purge marker, so TensorBoard
+    hides what the killed run logged after its checkpoint (steps > S) and the curves continue
+    without duplicates, as :class:`JsonlLogger` rewinds ``metrics.jsonl``. A fresh start (step 0)
+    hides everything older in ``log_dir`` the same way.
+    """
+
+    def __init__(self, log_dir: str | os.PathLike, config: Any = None, *, hparams: bool = True,
+                 flush_secs: int = 30) -> None:
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError as e:
+            raise ImportError(_TENSORBOARD_MISSING) from e
+        self.log_dir = Path(log_dir)
+        self.config = _flatten(_as_dict(config)) if config is not None else {}
+        self.hparams, self.flush_secs = hparams, flush_secs
+        self._summary_writer = SummaryWriter
+        self._writer = None
+
+    def __call__(self, event: Event) -> None:
+        if event.kind == "start":
+            self.close()
+            # purge_step T: TensorBoard drops events with step >= T from older files in log_dir.
+            self._writer = self._summary_writer(str(self.log_dir), flush_secs=self.flush_secs,
+                                                purge_step=event.step + 1 if event.step else 0)
+            self._start(event)
+            return
+        w = self._writer
+        if w is None:
+            return
+        if event.kind == "step":
+            self._scalars("train", event)
+        elif event.kind == "eval":
+            self._scalars("eval", event)
+        elif event.kind == "end":
+            skipped = event.metrics.get("corrupt_skipped")
+            if skipped is not None:
+                w.add_scalar("train/corrupt_skipped", skipped, event.step, walltime=event.time)
+            w.add_text("run/end", f"step {event.step} of {event.total_steps}: {event.reason}",
+                       event.step, walltime=event.time)
+            reason = event.reason or ""
+            # Only a final end closes the HParams session: TensorBoard keeps the first session end
+            # it reads, and a stopped or interrupted run is resumed later in the same log_dir.
+            if self.hparams and self.config and reason.startswith(("done", "diverged")):
+                self._add_hparams_summary(_session_end(reason), event)
+            self.close()
+            return
+        if event.kind in ("eval", "checkpoint"):
+            w.flush()
+
+    def close(self) -> None:
+        """Flush and close the event file (``end`` does this; a new ``start`` reopens one)."""
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+    def _scalars(self, prefix: str, event: Event) -> None:
+        for key, value in event.metrics.items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                self._writer.add_scalar(f"{prefix}/{key}", value, event.step, walltime=event.time)
+
+    def _start(self, event: Event) -> None:
+        head = (f"Steps {event.step} to {event.total_steps}"
+                + (f" (resumed at step {event.step})." if event.step else "."))
+        rows = "".join(f"| `{k}` | `{_cell(v)}` |\n" for k, v in self.config.items())
+        text = head + ("\n\n| setting | value |\n|---|---|\n" + rows if rows else "")
+        self._writer.add_text("run/config", text, event.step, walltime=event.time)
+        if self.hparams and self.config:
+            self._add_hparams_summary(_session_start(self.config, event.time), event)
+        self._writer.flush()
+
+    def _add_hparams_summary(self, summary: Any, event: Event) -> None:
+        self._writer.file_writer.add_summary(summary, event.step, walltime=event.time)
+
+
+def _as_dict(config: Any) -> dict[str, Any]:
+    import dataclasses
+    from collections.abc import Mapping
+
+    if hasattr(config, "to_dict"):
+        config = config.to_dict()
+    elif dataclasses.is_dataclass(config) and not isinstance(config, type):
+        config = dataclasses.asdict(config)
+    if not isinstance(config, Mapping):
+        raise TypeError(f"config must be a mapping, a dataclass or have to_dict(), not "
+                        f"{type(config).__name__}")
+    return dict(config)
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in d.items():
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def _text(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value, default=str)
+
+
+def _cell(value: Any) -> str:  # inside `...` in a markdown table row
+    return _text(value).replace("|", "\\|").replace("`", "'")
+
+
+def _hparams_summary(tag: str, data: Any) -> Any:
+    from tensorboard.compat.proto.summary_pb2 import Summary
+    from tensorboard.plugins.hparams import metadata
+
+    return Summary(value=[Summary.Value(tag=tag, metadata=metadata.create_summary_metadata(data),
+                                        tensor=metadata.NULL_TENSOR)])
+
+
+def _session_start(config: dict[str, Any], start_time: float) -> Any:
+    # The HParams plugin's own format (what add_hparams writes), but into this run's file rather
+    # than a new subfolder per call, and with the session's end written at `end`.
+    from tensorboard.plugins.hparams import metadata, plugin_data_pb2
+
+    info = plugin_data_pb2.SessionStartInfo(start_time_secs=start_time)
+    for key, value in config.items():
+        if isinstance(value, bool):
+            info.hparams[key].bool_value = value
+        elif isinstance(value, (int, float)):
+            info.hparams[key].number_value = value
+        else:
+            info.hparams[key].string_value = _text(value)
+    return _hparams_summary(metadata.SESSION_START_INFO_TAG,
+                            plugin_data_pb2.HParamsPluginData(session_start_info=info))
+
+
+def _session_end(reason: str) -> Any:
+    from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2
+
+    status = api_pb2.STATUS_SUCCESS if reason.startswith("done") else api_pb2.STATUS_FAILURE
+    info = plugin_data_pb2.SessionEndInfo(status=status, end_time_secs=time.time())
+    return _hparams_summary(metadata.SESSION_END_INFO_TAG,
+                            plugin_data_pb2.HParamsPluginData(session_end_info=info))
