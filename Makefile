@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 .PHONY: demo test install lint clean
 
 demo: $(STAMP)
-	$(PY) -m bitkit.cli run notebooks/00_quickstart.ipynb --out runs/quickstart
+	$(PY) -m bitkit run notebooks/00_quickstart.ipynb --out runs/quickstart
 
 # pytest exits 5 when it collected no test: that proves nothing, so it fails here on purpose.
 test: $(STAMP)

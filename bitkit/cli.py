@@ -1,8 +1,15 @@
-"""The ``bitkit`` command line.
+"""The ``bitkit`` command line; ``python -m bitkit`` is the same program.
 
-Each module that offers a command defines ``add_cli(subparsers)``, which registers its parser and
-sets ``func`` to the function that runs it. This file only lists those modules, so a newcomer
-finds a command's code next to the logic it runs.
+Every command's options are declared here, in one file, so ``bitkit --help`` and
+``bitkit COMMAND --help`` answer at once: nothing heavy (torch, papermill) is imported until a
+command runs. A command's body is a public ``*_command(args)`` function in the module that holds
+its logic, named here as ``"module:function"``: a newcomer finds a command's options in this
+file and its code next to the logic it runs.
+
+Conventions, as in pip, torchrun and papermill: ``--version``; ``-h``/``--help`` everywhere;
+exit status 0 on success, 1 when the job itself failed (a notebook cell raised, training
+diverged), 2 for a usage mistake (bad option, unknown name, bad value), with a one-line message
+that names the problem and the fix instead of a traceback.
 """
 
 from __future__ import annotations
@@ -10,36 +17,163 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from collections.abc import Callable
 
-#: Modules with an ``add_cli(subparsers)`` function, in the order ``bitkit --help`` lists them.
-COMMAND_MODULES = [
-    "bitkit.demo",
-    "bitkit.weights",
-    "bitkit.hyperrule",
-    "bitkit.runfile",
-    "bitkit.data.cards",
-    "bitkit.runs",
+from bitkit import __version__
+
+# ------------------------------------------------------------------------------- the commands
+# Defaults shown in --help are repeated from the modules that own them; tests/test_cli.py
+# checks that they agree, so the help text cannot drift from the code.
+DEFAULT_CELL_TIMEOUT = 3600
+KERNEL = "bitkit"
+HYPERRULE_BATCH = 512
+HYPERRULE_LR = 0.003
+
+
+def _demo(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="R26x0.25", metavar="NAME",
+                   help="model name (see bitkit.models.list_models()); default R26x0.25")
+    p.set_defaults(handler="bitkit.demo:demo_command")
+
+
+def _weights(p: argparse.ArgumentParser) -> None:
+    sub = p.add_subparsers(dest="weights_command", metavar="ACTION", required=True)
+    info = sub.add_parser("info", help="which BiT architecture a weights file holds",
+                          description="Read a checkpoint (.npz, .safetensors, .pt) and print the "
+                          "ResNet-v2 it holds. A file that is not a BiT ResNet is an error.")
+    info.add_argument("path", help="the weights file")
+    info.set_defaults(handler="bitkit.weights:info_command")
+    conv = sub.add_parser("convert", help="convert between .npz, .safetensors and .pt",
+                          description="Load a checkpoint and write it in another format.")
+    conv.add_argument("src", help="the weights file to read")
+    conv.add_argument("dst", help="output path; its suffix (.npz, .safetensors, .pt) picks the "
+                      "format")
+    conv.add_argument("--timm-names", action="store_true",
+                      help="write timm's parameter names (for timm.create_model)")
+    conv.set_defaults(handler="bitkit.weights:convert_command")
+
+
+def _hyperrule(p: argparse.ArgumentParser) -> None:
+    p.add_argument("card", nargs="?", metavar="DATASET",
+                   help="a data card name (`bitkit cards`): its training-set and image size")
+    p.add_argument("--train-size", type=int, metavar="N",
+                   help="number of training examples (k-shot: k * classes); overrides the card")
+    p.add_argument("--image-size", type=int, nargs=2, metavar=("H", "W"),
+                   help="image height and width in pixels; overrides the card")
+    p.add_argument("--batch-size", type=int, default=HYPERRULE_BATCH, metavar="B",
+                   help=f"global batch size (default {HYPERRULE_BATCH}, the paper's)")
+    p.add_argument("--batch-split", type=int, default=1, metavar="K",
+                   help="micro-batches per step (gradient accumulation; exact with GroupNorm)")
+    p.add_argument("--base-lr", type=float, default=HYPERRULE_LR, metavar="LR",
+                   help=f"learning rate at batch 512 (default {HYPERRULE_LR}, the paper's)")
+    p.add_argument("--rescale-for-batch", action="store_true",
+                   help="NOT BiT: scale lr and steps linearly when batch != 512")
+    p.add_argument("--json", action="store_true", help="print the recipe as JSON")
+    p.set_defaults(handler="bitkit.hyperrule:hyperrule_command")
+
+
+def _train(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", required=True, metavar="RUN.yaml",
+                   help="the run file (see docs/distributed.md)")
+    p.set_defaults(handler="bitkit.runfile:train_command")
+
+
+def _cards(p: argparse.ArgumentParser) -> None:
+    p.add_argument("name", nargs="?", help="show one card in full")
+    p.add_argument("--group", metavar="GROUP",
+                   help="only list this group (e.g. embedded-natural, vtab-natural)")
+    p.set_defaults(handler="bitkit.data.cards:cards_command")
+
+
+def _notebook_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("notebook", help="path to a .ipynb (e.g. notebooks/00_quickstart.ipynb)")
+    p.add_argument("-p", "--parameter", nargs=2, action="append", metavar=("NAME", "VALUE"),
+                   help="set a parameter (value read as YAML: 3, 0.1, 1e-4, true, [1, 2], text)")
+    p.add_argument("-f", "--parameters-file", metavar="PARAMS.yaml",
+                   help="a YAML mapping of parameters (-p wins over it)")
+    p.add_argument("--cell-timeout", type=int, default=DEFAULT_CELL_TIMEOUT, metavar="SECONDS",
+                   help=f"fail a cell that runs longer than this (default {DEFAULT_CELL_TIMEOUT})")
+    p.add_argument("--kernel", default=KERNEL, help=f"Jupyter kernel name (default {KERNEL})")
+    p.add_argument("--quiet", action="store_true", help="do not echo cell output while running")
+
+
+def _run(p: argparse.ArgumentParser) -> None:
+    _notebook_options(p)
+    p.add_argument("--out", metavar="DIR", help="output folder (default runs/<notebook name>)")
+    p.set_defaults(handler="bitkit.runs:run_command")
+
+
+def _sweep(p: argparse.ArgumentParser) -> None:
+    _notebook_options(p)
+    p.add_argument("-g", "--grid", nargs=2, action="append", metavar=("NAME", "V1,V2,..."),
+                   help="an axis of the grid: comma-separated values, each read as YAML; "
+                   "bracket list values: -g tasks '[world-objects, digits],[world-count]'")
+    p.add_argument("--search", type=int, metavar="N",
+                   help="the first N supplementary-A random-search trials (bitkit.hyperrule)")
+    p.add_argument("--search-seed", type=int, default=0, metavar="SEED",
+                   help="seed of the random search (default 0)")
+    p.add_argument("--steps-scale", type=float, default=1.0, metavar="X",
+                   help="multiply each trial's steps (e.g. 0.01 for a CPU-sized search)")
+    p.add_argument("--out", metavar="DIR", help="sweep folder (default runs/<notebook>-sweep)")
+    p.add_argument("--sbatch", action="store_true",
+                   help="write a SLURM array script (and per-run params) instead of running")
+    p.add_argument("--gpus", type=int, default=1, metavar="N",
+                   help="GPUs per array task (with --sbatch; default 1)")
+    p.add_argument("--collect", action="store_true",
+                   help="only print the table of an existing sweep folder (e.g. after SLURM)")
+    p.set_defaults(handler="bitkit.runs:sweep_command")
+
+
+#: (name, one-line help, description, options), in the order ``bitkit --help`` lists them.
+COMMANDS: list[tuple[str, str, str, Callable[[argparse.ArgumentParser], None]]] = [
+    ("demo", "the smallest end-to-end job: model, weights round trip, parameter table",
+     "Build a model, write and read back the released .npz layout, print its parameters.",
+     _demo),
+    ("weights", "inspect and convert checkpoints (.npz, safetensors, timm)",
+     "Inspect and convert BiT checkpoints.", _weights),
+    ("hyperrule", "print BiT-HyperRule's hyper-parameters for a task, with reasons",
+     "BiT-HyperRule (paper 3.3) for a dataset card, or for N training images of H x W "
+     "pixels (--train-size, --image-size).", _hyperrule),
+    ("train", "train as a YAML run file says (torchrun-ready)",
+     "Run `fit` as a YAML run file describes; the same command runs under torchrun / srun "
+     "for data-parallel training: torchrun --nproc-per-node=8 -m bitkit train --config RUN.yaml",
+     _train),
+    ("cards", "list and validate the data cards",
+     "List and validate the data cards (data_cards/*.yaml and $BITKIT_CARD_PATH).", _cards),
+    ("run", "execute a notebook headless (papermill) with parameters",
+     "Execute a lesson notebook with papermill. The output folder receives the executed "
+     "notebook, an HTML export, metrics.json and parameters.yaml.", _run),
+    ("sweep", "run a notebook over a parameter grid or random-search trials",
+     "Fan a notebook out over a grid (-g) or the supplementary-A random search (--search N), "
+     "one run after another here, or as a SLURM array (--sbatch).", _sweep),
 ]
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="bitkit", description="Big Transfer (BiT) workbench: models, training, analysis."
-    )
+        prog="bitkit", description="Big Transfer (BiT) workbench: models, training, analysis.",
+        epilog="Run `bitkit COMMAND --help` for a command's options.")
+    parser.add_argument("-V", "--version", action="version", version=f"bitkit {__version__}",
+                        help="print the version and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in COMMAND_MODULES:
-        importlib.import_module(name).add_cli(sub)
+    for name, summary, description, add_options in COMMANDS:
+        add_options(sub.add_parser(name, help=summary, description=description))
     return parser
+
+
+def _handler(spec: str) -> Callable[[argparse.Namespace], int | None]:
+    module, _, function = spec.partition(":")
+    return getattr(importlib.import_module(module), function)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if not getattr(args, "func", None):
+    if not getattr(args, "handler", None):
         parser.print_help()
         return 2
     try:
-        return int(args.func(args) or 0)
+        return int(_handler(args.handler)(args) or 0)
     except (ValueError, FileNotFoundError, KeyError) as e:  # user mistakes: message, no traceback
         # str(KeyError("msg")) is "'msg'" (its repr): print the message itself.
         message = e.args[0] if isinstance(e, KeyError) and e.args else e

@@ -59,7 +59,7 @@ def format_parameter_table() -> str:
     return "\n".join(lines)
 
 
-def add_cli(sub) -> None:
-    p = sub.add_parser("demo", help="the smallest end-to-end job: model, weights round trip, table")
-    p.add_argument("--model", default="R26x0.25", help="model name (bitkit.models.list_models())")
-    p.set_defaults(func=lambda args: (run(args.model), 0)[1])
+def demo_command(args) -> int:
+    """``bitkit demo [--model NAME]``."""
+    run(args.model)
+    return 0

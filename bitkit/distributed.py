@@ -117,7 +117,7 @@ def init(backend: str | None = None) -> DistInfo:
 
     Idempotent: a second call (or a group created by the caller) is reused. Under SLURM without
     torchrun, MASTER_ADDR defaults to the first node of the job and MASTER_PORT to one derived
-    from the job id, so ``srun python -m bitkit.train --config run.yaml`` works as is.
+    from the job id, so ``srun python -m bitkit train --config run.yaml`` works as is.
     """
     info = env_info()
     if not info.is_distributed or dist.is_initialized():
@@ -333,7 +333,7 @@ def torchrun(args: Sequence[str], *, metrics: str | os.PathLike, nproc_per_node:
              torchrun_args: Sequence[str] = ()) -> Launched:
     """Start ``python -m torch.distributed.run --standalone --nproc-per-node N <args>``.
 
-    ``args`` is what follows, e.g. ``["-m", "bitkit.train", "--config", "run.yaml"]``;
+    ``args`` is what follows, e.g. ``["-m", "bitkit", "train", "--config", "run.yaml"]``;
     ``metrics`` is the ``metrics.jsonl`` rank 0 will write. Output goes to ``log`` (default:
     next to ``metrics``) rather than a pipe, so a chatty job never blocks on a full buffer.
     """

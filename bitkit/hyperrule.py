@@ -573,25 +573,18 @@ class SearchSpace:
 # ------------------------------------------------------------------------------------------------
 
 
-def add_cli(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser(
-        "hyperrule", help="print BiT-HyperRule's hyper-parameters for a task, with reasons",
-        description="BiT-HyperRule (paper 3.3) for a task of N training images of H x W pixels.")
-    p.add_argument("--train-size", type=int, required=True, metavar="N",
-                   help="number of training examples (k-shot: k * classes)")
-    p.add_argument("--image-size", type=int, nargs=2, required=True, metavar=("H", "W"))
-    p.add_argument("--batch-size", type=int, default=BATCH_SIZE)
-    p.add_argument("--batch-split", type=int, default=1,
-                   help="micro-batches per step (gradient accumulation; exact with GroupNorm)")
-    p.add_argument("--base-lr", type=float, default=BASE_LR)
-    p.add_argument("--rescale-for-batch", action="store_true",
-                   help="NOT BiT: scale lr and steps linearly when batch != 512")
-    p.add_argument("--json", action="store_true", help="print the recipe as JSON")
-    p.set_defaults(func=_run_cli)
+def hyperrule_command(args: argparse.Namespace) -> int:
+    """``bitkit hyperrule [DATASET] [--train-size N] [--image-size H W] ...``: the recipe for
+    a data card (as ``hyperrule(card)``), or for explicit sizes, which override the card's."""
+    card = None
+    if args.card:
+        from bitkit.data.cards import get_card
 
-
-def _run_cli(args: argparse.Namespace) -> int:
-    recipe = hyperrule(train_size=args.train_size, image_size=args.image_size,
+        card = get_card(args.card)
+    elif args.train_size is None or args.image_size is None:
+        raise ValueError("give a dataset card name (`bitkit cards` lists them), or both "
+                         "--train-size N and --image-size H W")
+    recipe = hyperrule(card, train_size=args.train_size, image_size=args.image_size,
                        batch_size=args.batch_size, batch_split=args.batch_split,
                        base_lr=args.base_lr, rescale_for_batch=args.rescale_for_batch)
     print(json.dumps(recipe.to_dict(), indent=2) if args.json else recipe.explain())

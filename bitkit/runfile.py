@@ -3,15 +3,13 @@
 A run file names a model, the data, a rule for the hyper-parameters (BiT-HyperRule, the upstream
 schedule or a random-search trial) and any :class:`~bitkit.train.TrainConfig` overrides, so the
 same file runs in a notebook (:func:`run`), in a terminal (``bitkit train --config run.yaml``)
-and on many GPUs (``torchrun ... -m bitkit.train --config run.yaml``; :func:`launch` from a
+and on many GPUs (``torchrun ... -m bitkit train --config run.yaml``; :func:`launch` from a
 notebook). docs/distributed.md has an annotated example.
 """
 
 from __future__ import annotations
 
 import argparse
-import difflib
-import inspect
 import os
 import sys
 from collections.abc import Sequence
@@ -23,34 +21,79 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from bitkit import distributed
+from bitkit import distributed, inputs
 from bitkit.events import Observer
 from bitkit.hyperrule import Recipe, resolution_for
 from bitkit.train import METRICS_FILE, FitResult, TrainConfig, TrainingDiverged, fit
 
-RUN_KEYS = {"model", "weights", "num_classes", "train_data", "eval_data", "out_dir", "recipe",
-            "recipe_args", "resolution", "train"}
+def _model_name(v: Any) -> str:
+    from bitkit.models import get_config
+
+    name = inputs.text()(v)
+    try:
+        get_config(name)
+    except ValueError as e:
+        raise inputs.Invalid("", problem=str(e)) from None
+    return name
+
+
+RECIPES = ("hyperrule", "upstream", "search")
+
+#: What a run file may say; each value is checked by bitkit.inputs (types, ranges, names).
+RUN_FILE_RULES: dict[str, inputs.Rule] = {
+    "model": _model_name,
+    "weights": inputs.optional(inputs.text()),
+    "num_classes": inputs.optional(inputs.integer(1)),
+    "train_data": inputs.text(),
+    "eval_data": inputs.optional(inputs.text()),
+    "out_dir": inputs.text(),
+    "recipe": inputs.one_of(*RECIPES),
+    "recipe_args": inputs.mapping_of(inputs.text(), inputs.anything,
+                                     "a mapping of argument: value"),
+    "resolution": inputs.optional(inputs.either(
+        inputs.one_of("recipe"), inputs.list_of(inputs.integer(1), length=2),
+        expected="[resize, crop] (two whole numbers) or 'recipe'")),
+    "train": inputs.fields(TrainConfig.rules(), what="a mapping of TrainConfig field: value"),
+    "tensorboard": inputs.optional(inputs.either(
+        inputs.boolean(), inputs.text(), expected="true (out_dir/tensorboard) or a folder")),
+}
+RUN_KEYS = set(RUN_FILE_RULES)
+_RUN_FILE = inputs.fields(RUN_FILE_RULES, required=("model", "train_data", "out_dir"),
+                          what="a YAML mapping of run-file key: value at the top level")
+
+
+def recipe_arg_rules(recipe: str) -> dict[str, inputs.Rule]:
+    """The ``recipe_args`` a recipe takes, with the types its function declares."""
+    from bitkit import hyperrule as hr
+
+    if recipe == "hyperrule":
+        return inputs.rules_from_hints(hr.hyperrule, skip={"card"})
+    if recipe == "upstream":
+        return inputs.rules_from_hints(hr.upstream)
+    return {**inputs.rules_from_hints(hr.SearchSpace), "trial": inputs.integer(0),
+            "seed": inputs.integer(0)}
+
+
+def check_run_spec(given: inputs.Document | dict[str, Any]) -> dict[str, Any]:
+    """A run file's contents checked (every key, type and range, recipe_args against the
+    recipe's own arguments) with the defaults filled in; errors name the file and line."""
+    doc = given if isinstance(given, inputs.Document) else inputs.Document(given)
+    spec = inputs.check(doc, _RUN_FILE)
+    spec.setdefault("recipe", "hyperrule")
+    spec.setdefault("recipe_args", {})
+    spec.setdefault("train", {})
+    args_rule = inputs.fields(recipe_arg_rules(spec["recipe"]),
+                              what=f"a mapping of {spec['recipe']} argument: value")
+    try:
+        spec["recipe_args"] = args_rule(spec["recipe_args"])
+    except inputs.Invalid as e:
+        raise inputs.error(e.within("recipe_args"), doc) from None
+    return spec
 
 
 def load_run_config(path: str | os.PathLike) -> dict[str, Any]:
     """Read and check a run file. See docs/distributed.md for an annotated example."""
-    import yaml
-
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"run config {path} does not exist")
-    spec = yaml.safe_load(path.read_text()) or {}
-    unknown = set(spec) - RUN_KEYS
-    if unknown:
-        raise ValueError(f"{path}: unknown key(s) {', '.join(sorted(unknown))}; "
-                         f"known: {', '.join(sorted(RUN_KEYS))}")
-    for key in ("model", "train_data", "out_dir"):
-        if key not in spec:
-            raise ValueError(f"{path}: missing '{key}'")
-    spec.setdefault("recipe", "hyperrule")
-    spec.setdefault("recipe_args", {})
-    spec.setdefault("train", {})
-    return spec
+    return check_run_spec(inputs.read_yaml(path, "run config"))
 
 
 def load_data(ref: str, default_split: str) -> Dataset:
@@ -121,39 +164,14 @@ def recipe_for(spec: dict[str, Any], train_data: Dataset) -> Recipe:
     """
     from bitkit import hyperrule as hr
 
-    if not isinstance(spec["recipe_args"] or {}, dict):
-        raise ValueError(f"recipe_args must be a mapping of argument: value, not "
-                         f"{spec['recipe_args']!r}")
-    kind, args = spec["recipe"], dict(spec["recipe_args"] or {})
+    kind, args = spec["recipe"], dict(spec["recipe_args"] or {})  # checked by check_run_spec
     if kind == "hyperrule":
-        _check_args(kind, args, _keyword_names(hr.hyperrule) - {"card"})
         args.setdefault("train_size", len(train_data))
         return hr.hyperrule(getattr(train_data, "card", train_data), **args)
     if kind == "upstream":
-        _check_args(kind, args, _keyword_names(hr.upstream))
         return hr.upstream(args.pop("train_size", len(train_data)), **args)
-    if kind == "search":
-        _check_args(kind, args, _keyword_names(hr.SearchSpace) | {"trial", "seed"})
-        trial, seed = args.pop("trial", 0), args.pop("seed", 0)
-        return hr.SearchSpace(**args).sample(trial, seed)
-    raise ValueError(f"recipe must be 'hyperrule', 'upstream' or 'search', not {kind!r}")
-
-
-def _keyword_names(fn: Any) -> set[str]:
-    """Parameters that can be given by name (what a run file's recipe_args may set)."""
-    return {p.name for p in inspect.signature(fn).parameters.values()
-            if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
-
-
-def _check_args(kind: str, args: dict[str, Any], allowed: set[str]) -> None:
-    """A misspelt recipe argument is a user mistake: name it and list the allowed ones (instead
-    of a TypeError from deep inside the rule)."""
-    unknown = sorted(set(args) - allowed)
-    if unknown:
-        hints = [f"{k!r} (did you mean {close[0]!r}?)" if (close := difflib.get_close_matches(
-            k, sorted(allowed), n=1)) else repr(k) for k in unknown]
-        raise ValueError(f"recipe_args: unknown argument(s) {', '.join(hints)} for recipe "
-                         f"{kind!r}; allowed: {', '.join(sorted(allowed))}")
+    trial, seed = args.pop("trial", 0), args.pop("seed", 0)
+    return hr.SearchSpace(**args).sample(trial, seed)
 
 
 @dataclass
@@ -176,7 +194,7 @@ def plan(config: str | os.PathLike | dict[str, Any]) -> RunPlan:
     decision in its explanation), never applied behind its back; eval data uses the training
     recipe's sizes (test time: resize to the training crop).
     """
-    spec = config if isinstance(config, dict) else load_run_config(config)
+    spec = check_run_spec(config) if isinstance(config, dict) else load_run_config(config)
     raw_train = load_data(str(spec["train_data"]), "train")
     recipe = recipe_for(spec, raw_train)
     if not isinstance(raw_train, _TensorFile):
@@ -210,20 +228,13 @@ def launch(config_path: str | os.PathLike, nproc_per_node: int = 2,
            **kwargs: Any) -> distributed.Launched:
     """Start the run file under ``torchrun`` with N processes; follow it with ``.follow(obs)``."""
     spec = load_run_config(config_path)
-    return distributed.torchrun(["-m", "bitkit.train", "--config", str(config_path)],
+    return distributed.torchrun(["-m", "bitkit", "train", "--config", str(config_path)],
                                 metrics=Path(spec["out_dir"]) / METRICS_FILE,
                                 nproc_per_node=nproc_per_node, **kwargs)
 
 
-def add_cli(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("train", help="train as a YAML run file says (torchrun-ready)",
-                              description="Run `fit` as described by a YAML run file; the same "
-                              "command runs under torchrun / srun for data-parallel training.")
-    p.add_argument("--config", required=True, help="the run file (see docs/distributed.md)")
-    p.set_defaults(func=_run_cli)
-
-
-def _run_cli(args: argparse.Namespace) -> int:
+def train_command(args: argparse.Namespace) -> int:
+    """``bitkit train --config RUN.yaml`` (also ``torchrun ... -m bitkit train ...``)."""
     try:
         result = run(args.config)
     except TrainingDiverged as e:
@@ -234,16 +245,3 @@ def _run_cli(args: argparse.Namespace) -> int:
     if distributed.env_info().is_main:
         print(f"bitkit train: {result.reason} at step {result.step}", file=sys.stderr)
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m bitkit.train --config run.yaml``: the torchrun / srun entry point."""
-    parser = argparse.ArgumentParser(prog="python -m bitkit.train",
-                                     description="Train as a YAML run file says.")
-    parser.add_argument("--config", required=True, help="the run file (see docs/distributed.md)")
-    args = parser.parse_args(argv)
-    try:
-        return _run_cli(args)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"bitkit train: error: {e}", file=sys.stderr)
-        return 2

@@ -9,6 +9,10 @@ and leaves in ``DIR``:
 - ``metrics.json``: the headline numbers the notebook wrote (``bitkit.lesson.save_metrics``);
 - ``parameters.yaml``: the parameters used (the notebook's defaults overridden by yours).
 
+``.bitkit-written.json`` records those four; a rerun into ``DIR`` replaces them and leaves every
+other file there alone, and it refuses to start when ``DIR`` already holds a file of one of those
+names that no run wrote (e.g. ``--out`` naming the notebook's own folder).
+
 A failing cell makes the command exit non-zero, printing the cell's source and its error; the
 executed copy and HTML are still written, so the failure can be read in context.
 
@@ -36,9 +40,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bitkit import inputs
+
 KERNEL = "bitkit"
 METRICS = "metrics.json"
 PARAMETERS = "parameters.yaml"
+#: How :func:`run_notebook` signs its outputs in ``.bitkit-written.json`` (bitkit.fileio).
+RUN_WRITER = "bitkit.runs.run_notebook"
 DEFAULT_CELL_TIMEOUT = 3600  # seconds: a single cell longer than an hour is a hung cell
 RUN_DIR_ENV = "BITKIT_RUN_DIR"
 QUIET_ENV = "BITKIT_RUN_QUIET"
@@ -84,14 +92,27 @@ def _indent(text: str, prefix: str = "    ") -> str:
 
 
 def parse_value(text: str) -> Any:
-    """A command-line value as YAML: ``3`` -> 3, ``0.1`` -> 0.1, ``true``, ``[1, 2]``, ``null``;
-    anything else stays a string (``world-objects``, ``BiT-M-R50x1.npz``)."""
-    import yaml
-
+    """A command-line value as YAML: ``3`` -> 3, ``0.1`` and ``1e-4`` -> numbers, ``true``,
+    ``[1, 2]``, ``null``; anything else stays a string (``world-objects``,
+    ``BiT-M-R50x1.npz``)."""
     try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError:
+        return inputs.load_yaml(text)
+    except Exception:  # noqa: BLE001 - not YAML (e.g. "a: b: c"): the text itself
         return text
+
+
+def parse_grid_values(name: str, text: str) -> list[Any]:
+    """The values of one ``-g NAME V1,V2,...`` axis. Commas inside brackets or quotes belong
+    to a value, so ``[world-objects, digits],[world-count]`` is two list values."""
+    try:
+        values = inputs.load_yaml(f"[{text}]")
+    except Exception:  # noqa: BLE001 - any YAML error: say what to write instead
+        raise inputs.InputError(
+            f"-g {name} {text!r}: cannot read the values; separate values with commas and "
+            "bracket list values, e.g. -g tasks '[world-objects, digits],[world-count]'") from None
+    if not values:
+        raise inputs.InputError(f"-g {name}: give at least one value")
+    return values
 
 
 def notebook_parameters(notebook: str | os.PathLike) -> dict[str, Any]:
@@ -130,19 +151,81 @@ def _absolute_paths(params: dict[str, Any], base: Path) -> dict[str, Any]:
     return out
 
 
+def uses_lesson_checks(notebook: str | os.PathLike) -> bool:
+    """True for notebooks that check their parameters with ``lesson.check_parameters`` (the
+    lessons): their values are checked here too, by the same rules, before a kernel starts."""
+    import nbformat
+
+    nb = nbformat.read(str(notebook), as_version=4)
+    return any("lesson.check_parameters(" in c.source for c in nb.cells if c.cell_type == "code")
+
+
+def parameter_rule(name: str, default: Any, *, lesson_checks: bool = False,
+                   hardware: bool = True) -> inputs.Rule:
+    """How a value of parameter ``name`` is checked: the lessons' rule for that name
+    (``bitkit.lesson.CHECKS``) in a lesson, else the type of the notebook's default (a number
+    for a number, text for text, ...; None always passes, as a notebook's "not set")."""
+    if lesson_checks:
+        from bitkit import lesson
+
+        rule = (None if hardware else lesson.HARDWARE_FREE.get(name)) or lesson.CHECKS.get(name)
+        if rule is not None:
+            return inputs.optional(rule) if default is None else rule
+    for kind, rule in ((bool, inputs.boolean()), (int, inputs.integer()),
+                       (float, inputs.number()), (str, inputs.text(empty=True)),
+                       (list, inputs.list_of(inputs.anything, min_len=0))):
+        if isinstance(default, kind):
+            return inputs.optional(rule)
+    return inputs.anything
+
+
 def resolve_parameters(notebook: str | os.PathLike, given: Mapping[str, Any],
-                       params_file: str | os.PathLike | None = None) -> dict[str, Any]:
-    """Defaults of ``notebook`` < ``params_file`` (YAML mapping) < ``given``; unknown names fail
-    here, before a kernel starts, with the list of known ones."""
+                       params_file: str | os.PathLike | None = None, *,
+                       hardware: bool = True) -> dict[str, Any]:
+    """Defaults of ``notebook`` < ``params_file`` (YAML mapping) < ``given``, checked before a
+    kernel starts: unknown names (with the closest known one) and every value (see
+    :func:`parameter_rule`; ``hardware=False`` skips checks that read this machine's GPUs,
+    for jobs written to run elsewhere)."""
+    from bitkit.lesson import parameter_error
+
+    name = Path(notebook).name
     defaults = notebook_parameters(notebook)
-    merged: dict[str, Any] = {}
-    merged.update(parse_value_file(params_file))
-    merged.update(given)
-    unknown = sorted(set(merged) - set(defaults))
-    if unknown:
-        raise ValueError(f"{Path(notebook).name} has no parameter(s) {', '.join(unknown)}; its "
-                         f"parameters are: {', '.join(defaults)}")
-    return _absolute_paths(merged, Path.cwd())
+    doc = read_parameters_file(params_file, known=defaults, notebook=name)
+    for key in given:
+        if key not in defaults:
+            raise inputs.InputError(f"{name} has no parameter {key!r}"
+                                    f"{inputs.did_you_mean(key, defaults)}; its parameters "
+                                    f"are: {', '.join(defaults)}")
+    merged = _absolute_paths({**(doc.data if doc else {}), **given}, Path.cwd())
+    lesson_checks = uses_lesson_checks(notebook)
+    for key, value in merged.items():
+        rule = parameter_rule(key, defaults[key], lesson_checks=lesson_checks, hardware=hardware)
+        try:
+            rule(value)
+        except inputs.Invalid as e:
+            message = str(parameter_error(key, value, e)).replace("NOTEBOOK", name)
+            line = doc.line((key,)) if doc and key not in given else None
+            where = f"{doc.file}:{line}: " if line else ""
+            raise inputs.InputError(f"{where}{name}: {message}") from None
+    return merged
+
+
+def read_parameters_file(path: str | os.PathLike | None, *, known: Mapping[str, Any] | None = None,
+                         notebook: str = "the notebook") -> inputs.Document | None:
+    """A ``-f params.yaml`` file: a YAML mapping of parameter: value (None for no file).
+    With ``known``, a name that is not among them fails with the file, line and closest name."""
+    if path is None:
+        return None
+    doc = inputs.read_yaml(path, "parameter file")
+    rules = {k: inputs.anything for k in known} if known is not None else None
+    if rules is None:
+        inputs.check(doc, inputs.mapping_of(inputs.text(), inputs.anything,
+                                            "a YAML mapping of parameter: value"))
+    else:
+        inputs.check(doc, inputs.fields(rules, what="a YAML mapping of parameter: value"),
+                     label=f"parameter of {notebook}")
+    doc.data = dict(doc.data or {})
+    return doc
 
 
 # --------------------------------------------------------------------------------------------
@@ -209,14 +292,23 @@ def run_notebook(
     """
     import papermill
 
+    from bitkit.fileio import clear_written, record_written
+
     nb_path = Path(notebook).resolve()
     params = resolve_parameters(nb_path, dict(parameters or {}), params_file)
     check_kernel(kernel)
     out = Path(out_dir if out_dir is not None else Path("runs") / nb_path.stem).resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    (out / METRICS).unlink(missing_ok=True)  # a stale file must not pass for this run's numbers
-    _write_parameters(out / PARAMETERS, nb_path, params)
     executed = out / nb_path.name
+    # --out may name a folder of the user's: an earlier run's files are removed (a stale
+    # metrics.json must not pass for this run's numbers), nothing else; other files stay, as
+    # the notebook's own outputs do (runs/<task>/...). A file of one of this run's names that no
+    # run recorded writing (a metrics.json of the user's, the source notebook itself when --out
+    # is its folder) is refused, never deleted or overwritten.
+    outputs = [PARAMETERS, METRICS, executed.name, *([_html_name(nb_path)] if html else [])]
+    clear_written(out, RUN_WRITER, what="a notebook run", outputs=outputs,
+                  legacy=_run_before_records)
+    record_written(out, RUN_WRITER, outputs)
+    _write_parameters(out / PARAMETERS, nb_path, params)
     saved = {k: os.environ.get(k) for k in (RUN_DIR_ENV, QUIET_ENV, *(env or {}))}
     os.environ.update({RUN_DIR_ENV: str(out), QUIET_ENV: "0" if progress else "1", **(env or {})})
     started = time.perf_counter()
@@ -241,6 +333,25 @@ def run_notebook(
     if (out / METRICS).is_file():
         result.metrics = json.loads((out / METRICS).read_text())
     return result
+
+
+def _html_name(notebook: Path) -> str:
+    return notebook.with_suffix(".html").name
+
+
+def _run_before_records(out: Path) -> list[str]:
+    """The outputs of a run from before ``.bitkit-written.json``, known by the header
+    :func:`_write_parameters` gives ``parameters.yaml`` (which also names the notebook)."""
+    import re
+
+    try:
+        with open(out / PARAMETERS, encoding="utf-8") as f:
+            first = f.readline().rstrip("\n")
+    except (OSError, ValueError):
+        return []
+    m = re.fullmatch(r"# parameters of ([^/\\]+\.ipynb) for this run \(defaults \+ overrides\)",
+                     first)
+    return [PARAMETERS, METRICS, m[1], _html_name(Path(m[1]))] if m else []
 
 
 def _write_parameters(path: Path, notebook: Path, params: Mapping[str, Any]) -> None:
@@ -355,7 +466,7 @@ def sbatch_script(notebook: str | os.PathLike, runs: Sequence[Mapping[str, Any]]
         f"#SBATCH --output={out}/slurm-%A_%a.log",
         "set -euo pipefail",
         f"RUN=$(printf '{out}/run-%0{len(str(max(len(runs) - 1, 0)))}d' \"$SLURM_ARRAY_TASK_ID\")",
-        f"{shlex.quote(sys.executable)} -m bitkit.cli run {shlex.quote(str(nb))} "
+        f"{shlex.quote(sys.executable)} -m bitkit run {shlex.quote(str(nb))} "
         "-f \"$RUN/params.yaml\" --out \"$RUN\"",
         "",
     ])
@@ -367,11 +478,14 @@ def write_sbatch(notebook: str | os.PathLike, runs: Sequence[Mapping[str, Any]],
     """Write each run's ``params.yaml`` and ``out_dir/sweep.sbatch``; submit with ``sbatch``."""
     import yaml
 
+    # Every run is checked before anything is written: a bad value fails here, not hours later
+    # on the cluster. Hardware checks are skipped: the GPUs are the nodes', not this machine's.
+    for params in runs:
+        resolve_parameters(notebook, {**(fixed or {}), **params}, hardware=False)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     for params, folder in zip(runs, run_dirs(out, runs), strict=True):
         folder.mkdir(exist_ok=True)
-        resolve_parameters(notebook, {**(fixed or {}), **params})  # fail now, not on the cluster
         (folder / "params.yaml").write_text(yaml.safe_dump({**(fixed or {}), **params},
                                                            sort_keys=False))
     script = out / "sweep.sbatch"
@@ -403,55 +517,13 @@ def _pairs(values: Sequence[Sequence[str]] | None) -> dict[str, Any]:
     return {name: parse_value(value) for name, value in values or []}
 
 
-def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("notebook", help="path to a .ipynb (e.g. notebooks/00_quickstart.ipynb)")
-    p.add_argument("-p", "--parameter", nargs=2, action="append", metavar=("NAME", "VALUE"),
-                   help="set a parameter (value read as YAML: 3, 0.1, true, [1, 2], text)")
-    p.add_argument("-f", "--parameters-file", metavar="PARAMS.yaml",
-                   help="a YAML mapping of parameters (-p wins over it)")
-    p.add_argument("--cell-timeout", type=int, default=DEFAULT_CELL_TIMEOUT, metavar="SECONDS",
-                   help=f"fail a cell that runs longer than this (default {DEFAULT_CELL_TIMEOUT})")
-    p.add_argument("--kernel", default=KERNEL, help=f"Jupyter kernel name (default {KERNEL})")
-    p.add_argument("--quiet", action="store_true", help="do not echo cell output while running")
-
-
-def add_cli(subparsers: argparse._SubParsersAction) -> None:
-    """Register ``bitkit run`` and ``bitkit sweep``."""
-    p = subparsers.add_parser(
-        "run", help="execute a notebook headless (papermill) with parameters",
-        description="Execute a lesson notebook with papermill. The output folder receives the "
-                    "executed notebook, an HTML export, metrics.json and parameters.yaml.")
-    _common(p)
-    p.add_argument("--out", metavar="DIR", help="output folder (default runs/<notebook name>)")
-    p.set_defaults(func=_run_cli)
-
-    s = subparsers.add_parser(
-        "sweep", help="run a notebook over a parameter grid or random-search trials",
-        description="Fan a notebook out over a grid (-g) or the supplementary-A random search "
-                    "(--search N), sequentially here or as a SLURM array (--sbatch).")
-    _common(s)
-    s.add_argument("-g", "--grid", nargs=2, action="append", metavar=("NAME", "V1,V2,..."),
-                   help="an axis of the grid: comma-separated values (each read as YAML)")
-    s.add_argument("--search", type=int, metavar="N",
-                   help="the first N supplementary-A random-search trials (bitkit.hyperrule)")
-    s.add_argument("--search-seed", type=int, default=0)
-    s.add_argument("--steps-scale", type=float, default=1.0,
-                   help="multiply each trial's steps (e.g. 0.01 for a CPU-sized search)")
-    s.add_argument("--out", metavar="DIR", help="sweep folder (default runs/<notebook>-sweep)")
-    s.add_argument("--sbatch", action="store_true",
-                   help="write a SLURM array script (and per-run params) instead of running")
-    s.add_argument("--gpus", type=int, default=1, help="GPUs per array task (with --sbatch)")
-    s.add_argument("--collect", action="store_true",
-                   help="only print the table of an existing sweep folder (e.g. after SLURM)")
-    s.set_defaults(func=_sweep_cli)
-
-
 def _logging(quiet: bool) -> None:
     logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(message)s",
                         stream=sys.stderr)
 
 
-def _run_cli(args: argparse.Namespace) -> int:
+def run_command(args: argparse.Namespace) -> int:
+    """``bitkit run NOTEBOOK [-p NAME VALUE] [-f PARAMS.yaml] [--out DIR]``."""
     _logging(args.quiet)
     try:
         result = run_notebook(args.notebook, _pairs(args.parameter), args.out,
@@ -475,10 +547,11 @@ def _sweep_runs(args: argparse.Namespace) -> list[dict[str, Any]]:
         return search_trials(args.search, args.search_seed, steps_scale=args.steps_scale)
     if not args.grid:
         raise ValueError("nothing to sweep: give -g NAME V1,V2,... or --search N")
-    return grid({name: [parse_value(v) for v in values.split(",")] for name, values in args.grid})
+    return grid({name: parse_grid_values(name, values) for name, values in args.grid})
 
 
-def _sweep_cli(args: argparse.Namespace) -> int:
+def sweep_command(args: argparse.Namespace) -> int:
+    """``bitkit sweep NOTEBOOK -g NAME V1,V2 ... | --search N [--sbatch] [--collect]``."""
     _logging(True)
     out = Path(args.out or Path("runs") / f"{Path(args.notebook).stem}-sweep")
     if args.collect:
@@ -503,14 +576,5 @@ def _sweep_cli(args: argparse.Namespace) -> int:
 
 def parse_value_file(path: str | os.PathLike | None) -> dict[str, Any]:
     """A YAML mapping of parameter: value from ``path`` ({} for None)."""
-    import yaml
-
-    if path is None:
-        return {}
-    f = Path(path)
-    if not f.is_file():
-        raise FileNotFoundError(f"parameter file {f} does not exist")
-    loaded = yaml.safe_load(f.read_text()) or {}
-    if not isinstance(loaded, dict):
-        raise ValueError(f"{f} must be a YAML mapping of parameter: value")
-    return loaded
+    doc = read_parameters_file(path)
+    return doc.data if doc else {}

@@ -32,7 +32,7 @@ run(sys.argv[1], observers=[kill])
 
 
 def train_cli(run_file):
-    return subprocess.Popen([sys.executable, "-m", "bitkit.train", "--config", str(run_file)],
+    return subprocess.Popen([sys.executable, "-m", "bitkit", "train", "--config", str(run_file)],
                             cwd=REPO, env=ENV, stderr=subprocess.PIPE, text=True)
 
 

@@ -69,7 +69,7 @@ def test_a_failing_cell_exits_non_zero_and_shows_the_cell(tiny, tmp_path, capsys
 
 def test_unknown_parameter_and_missing_notebook_fail_before_a_kernel_starts(tiny, capsys):
     assert cli.main(["run", str(tiny), "-p", "y", "1"]) == 2
-    assert "has no parameter(s) y; its parameters are: x, name, fail" in capsys.readouterr().err
+    assert "has no parameter 'y'; its parameters are: x, name, fail" in capsys.readouterr().err
     assert cli.main(["run", "nope.ipynb"]) == 2
     assert "nope.ipynb does not exist" in capsys.readouterr().err
 
@@ -114,7 +114,7 @@ def test_sbatch_array_script_and_collect(tiny, tmp_path, capsys):
     assert cli.main(["sweep", str(tiny), "-g", "x", "1,2,3", "--sbatch", "--out", str(out)]) == 0
     script = (out / "sweep.sbatch").read_text()
     assert "#SBATCH --array=0-2" in script and "--gpus-per-task=1" in script
-    assert "-m bitkit.cli run" in script and '-f "$RUN/params.yaml"' in script
+    assert "-m bitkit run" in script and '-f "$RUN/params.yaml"' in script
     assert yaml.safe_load((out / "run-2" / "params.yaml").read_text()) == {"x": 3}
     (out / "run-0" / "metrics.json").write_text('{"square": 1}')  # as if task 0 finished
     capsys.readouterr()

@@ -23,7 +23,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-import yaml
+from bitkit import inputs
 
 
 def _card_dir() -> Path:
@@ -47,7 +47,7 @@ SPLIT_ROLES = ("train", "val", "test")
 UPSTREAMS = ("jft", "imagenet21k", "ilsvrc2012")
 
 
-class CardError(ValueError):
+class CardError(inputs.InputError):
     """A card file is malformed; the message names the file, the field and what is expected."""
 
 
@@ -156,219 +156,120 @@ class DataCard:
 
 
 # --------------------------------------------------------------------------------- validation
-Check = Callable[[Any], Any]
+# The rules are bitkit.inputs', the checker every user input goes through; these are the ones a
+# card needs beyond plain types.
+Check = inputs.Rule
+_str = inputs.text()
+_opt_str = inputs.optional(_str)
+_text = inputs.text(empty=True)
+_pos_int = inputs.integer(1)
+_count = inputs.integer(0)
+_bool = inputs.boolean()
+_pct = inputs.optional(inputs.number(0, 100))
+_pair = inputs.list_of(_pos_int, length=2, what="a list of two positive integers [height, width]")
+_opt_pair = inputs.optional(_pair)
 
 
-class _Bad(Exception):
-    def __init__(self, expected: str, got: Any = None, where: str = ""):
-        super().__init__(expected)
-        self.expected, self.got, self.where = expected, got, where
-
-
-def _str(v: Any) -> str:
-    if not isinstance(v, str) or not v.strip():
-        raise _Bad("a non-empty string", v)
-    return v.strip()
-
-
-def _opt_str(v: Any) -> str | None:
-    return None if v is None else _str(v)
-
-
-def _text(v: Any) -> str:
-    if v is None:
-        return ""
-    if not isinstance(v, str):
-        raise _Bad("a string", v)
-    return v.strip()
-
-
-def _pos_int(v: Any) -> int:
-    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-        raise _Bad("a positive integer", v)
-    return v
-
-
-def _bool(v: Any) -> bool:
-    if not isinstance(v, bool):
-        raise _Bad("true or false", v)
-    return v
-
-
-def _pct(v: Any) -> float | None:
-    if v is None:
-        return None
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 100:
-        raise _Bad("a percentage between 0 and 100 (or leave it empty)", v)
-    return float(v)
-
-
-def _one_of(options: tuple[str, ...]) -> Check:
-    def check(v: Any) -> str:
-        if v not in options:
-            raise _Bad(f"one of {', '.join(options)}", v)
-        return v
-
-    return check
-
-
-def _pair(v: Any) -> tuple[int, int]:
-    if not (isinstance(v, list) and len(v) == 2):
-        raise _Bad("a list of two positive integers [height, width]", v)
-    return (_pos_int(v[0]), _pos_int(v[1]))
-
-
-def _opt_pair(v: Any) -> tuple[int, int] | None:
-    return None if v is None else _pair(v)
-
-
-def _mapping(v: Any, what: str) -> dict:
-    if v is None:
-        return {}
-    if not isinstance(v, dict):
-        raise _Bad(f"a mapping of {what}", v)
-    return v
-
-
-def _fields(raw: dict, spec: dict[str, tuple[Check, bool]], where: str) -> dict[str, Any]:
-    """Check ``raw`` against ``spec`` (name -> (check, required)); unknown keys are errors."""
-    out: dict[str, Any] = {}
-    for key in raw:
-        if key not in spec:
-            close = difflib.get_close_matches(str(key), list(spec), n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise _Bad(f"a known field{hint}; known: {', '.join(spec)}", None, f"{where}{key}")
-    for key, (check, required) in spec.items():
-        if key not in raw:
-            if required:
-                raise _Bad("a value (this field is required)", None, f"{where}{key}")
-            continue
-        try:
-            out[key] = check(raw[key])
-        except _Bad as e:
-            raise _Bad(e.expected, e.got, e.where or f"{where}{key}") from None
-    return out
+def _listed(rule: Check) -> Check:
+    return lambda v: tuple(inputs.list_of(rule, min_len=0)(v))
 
 
 def _source(v: Any) -> Source:
-    raw = _mapping(v, "source fields")
     spec = {
-        "kind": (_one_of(SOURCE_KINDS), True), "hub_id": (_opt_str, False),
-        "config": (_opt_str, False), "image_column": (_opt_str, False),
-        "label_column": (_opt_str, False), "local_pattern": (_opt_str, False),
-        "generator": (_opt_str, False), "params": (lambda p: _mapping(p, "parameters"), False),
-        "members": (lambda m: tuple(_str(x) for x in _list(m)), False), "note": (_text, False),
+        "kind": inputs.one_of(*SOURCE_KINDS), "hub_id": _opt_str, "config": _opt_str,
+        "image_column": _opt_str, "label_column": _opt_str, "local_pattern": _opt_str,
+        "generator": _opt_str, "params": inputs.mapping_of(inputs.anything, inputs.anything,
+                                                           "a mapping of parameters"),
+        "members": _listed(_str), "note": _text,
     }
-    s = Source(**_fields(raw, spec, "source."))
+    s = Source(**inputs.fields(spec, required=("kind",), what="a mapping of source fields")(v))
     need = {"hub": "hub_id", "embedded": "generator", "sklearn": "generator"}.get(s.kind)
     if need and not getattr(s, need):
-        raise _Bad(f"a value (required when source.kind is {s.kind!r})", None, f"source.{need}")
+        raise inputs.Invalid(f"a value (required when source.kind is {s.kind!r})", path=(need,))
     if s.kind == "collection" and not s.members:
-        raise _Bad("a list of member card names", None, "source.members")
+        raise inputs.Invalid("a list of member card names", path=("members",))
     return s
 
 
-def _list(v: Any) -> list:
-    if not isinstance(v, list):
-        raise _Bad("a list", v)
-    return v
-
-
 def _dup(v: Any) -> DuplicateResult:
-    spec = {"full": (_pct, False), "dedup": (_pct, False),
-            "dups": (lambda x: None if x is None else _count(x), False)}
-    return DuplicateResult(**_fields(_mapping(v, "full/dedup/dups"), spec, "paper.duplicates."))
-
-
-def _count(v: Any) -> int:
-    if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-        raise _Bad("a count (integer >= 0)", v)
-    return v
+    spec = {"full": _pct, "dedup": _pct, "dups": inputs.optional(_count)}
+    return DuplicateResult(**inputs.fields(spec, what="a mapping of full/dedup/dups")(v))
 
 
 def _paper(v: Any) -> PaperResults:
-    def few(m: Any) -> dict[int, float]:
-        out = {}
-        for k, acc in _mapping(m, "k -> accuracy").items():
-            out[_pos_int(k)] = _pct(acc)
-        return out
-
-    def dups(m: Any) -> dict[str, DuplicateResult]:
-        return {_one_of(UPSTREAMS)(k): _dup(d) for k, d in _mapping(m, "upstream -> row").items()}
-
-    spec = {"bit_l": (_pct, False), "bit_l_std": (_pct, False), "bit_s": (_pct, False),
-            "bit_m": (_pct, False), "few_shot": (few, False), "duplicates": (dups, False),
-            "note": (_text, False)}
-    return PaperResults(**_fields(_mapping(v, "paper results"), spec, "paper."))
+    spec = {"bit_l": _pct, "bit_l_std": _pct, "bit_s": _pct, "bit_m": _pct,
+            "few_shot": inputs.mapping_of(_pos_int, _pct, "a mapping of k -> accuracy"),
+            "duplicates": inputs.mapping_of(inputs.one_of(*UPSTREAMS), _dup,
+                                            "a mapping of upstream -> row"),
+            "note": _text}
+    return PaperResults(**inputs.fields(spec, what="a mapping of paper results")(v))
 
 
 def _splits(v: Any) -> dict[str, str]:
-    raw = _mapping(v, "role -> split name")
-    if "train" not in raw:
-        raise _Bad("a mapping with at least a 'train' role", v)
-    out = {}
-    for role, name in raw.items():
-        out[_one_of(SPLIT_ROLES)(role)] = _str(name)
+    out = inputs.mapping_of(inputs.one_of(*SPLIT_ROLES), _str, "a mapping of role -> split name")(v)
+    if "train" not in out:
+        raise inputs.Invalid("a mapping with at least a 'train' role", v)
     return out
 
 
-def _class_names(v: Any) -> tuple[str, ...] | None:
-    return None if v is None else tuple(_str(x) for x in _list(v))
-
-
-_CARD_SPEC: dict[str, tuple[Check, bool]] = {
-    "name": (_str, True), "title": (_str, True), "description": (_str, True),
-    "group": (_one_of(GROUPS), True), "source": (_source, True), "splits": (_splits, True),
-    "eval_split": (_one_of(SPLIT_ROLES), False), "num_classes": (_pos_int, False),
-    "train_size": (_pos_int, True), "image_size": (_pair, False), "multi_label": (_bool, True),
-    "flip": (_bool, True), "crop": (_bool, True), "license": (_str, True),
-    "citation": (_str, True), "paper": (_paper, False),
-    "split_sizes": (lambda m: {_one_of(SPLIT_ROLES)(k): _pos_int(n)
-                               for k, n in _mapping(m, "role -> size").items()}, False),
-    "vtab_split": (_opt_pair, False), "resolution": (_opt_pair, False),
-    "class_names": (_class_names, False), "notes": (_text, False),
+_CARD_SPEC: dict[str, Check] = {
+    "name": _str, "title": _str, "description": _str, "group": inputs.one_of(*GROUPS),
+    "source": _source, "splits": _splits, "eval_split": inputs.one_of(*SPLIT_ROLES),
+    "num_classes": _pos_int, "train_size": _pos_int, "image_size": lambda v: tuple(_pair(v)),
+    "multi_label": _bool, "flip": _bool, "crop": _bool, "license": _str, "citation": _str,
+    "paper": _paper,
+    "split_sizes": inputs.mapping_of(inputs.one_of(*SPLIT_ROLES), _pos_int,
+                                     "a mapping of role -> size"),
+    "vtab_split": lambda v: None if v is None else tuple(_pair(v)),
+    "resolution": lambda v: None if v is None else tuple(_pair(v)),
+    "class_names": lambda v: None if v is None else _listed(_str)(v), "notes": _text,
 }
+_REQUIRED = ("name", "title", "description", "group", "source", "splits", "train_size",
+             "multi_label", "flip", "crop", "license", "citation")
+_CARD = inputs.fields(_CARD_SPEC, required=_REQUIRED,
+                      what="a YAML mapping of card fields at the top level")
 
 
 def parse_card(raw: Any, path: str = "<card>") -> DataCard:
-    """Validate a card's raw YAML mapping; raises :class:`CardError` naming file and field."""
+    """Validate a card's raw YAML mapping (or a :class:`bitkit.inputs.Document` of it, whose
+    line numbers then show in messages); raises :class:`CardError` naming file and field."""
+    doc = raw if isinstance(raw, inputs.Document) else inputs.Document(raw)
+    doc.file = path
     try:
-        if not isinstance(raw, dict):
-            raise _Bad("a YAML mapping of card fields at the top level", raw, "(top level)")
-        card = DataCard(**_fields(raw, _CARD_SPEC, ""), path=path)
+        card = DataCard(**_CARD(doc.data), path=path)
         _cross_check(card)
-    except _Bad as e:
-        got = "" if e.got is None else f", got {e.got!r}"
-        raise CardError(f"{path}: field {e.where!r}: expected {e.expected}{got}") from None
+    except inputs.Invalid as e:
+        raise inputs.error(e, doc, error_type=CardError) from None
     return card
 
 
 def _cross_check(card: DataCard) -> None:
+    bad = inputs.Invalid
     stem = Path(card.path).stem
     if card.path != "<card>" and stem != card.name:
-        raise _Bad(f"the file's name without .yaml ({stem!r})", card.name, "name")
+        raise bad(f"the file's name without .yaml ({stem!r})", card.name, ("name",))
     loadable = card.source.kind not in ("unavailable", "collection")
     for name in ("num_classes", "image_size") if loadable else ():
         if not getattr(card, name):
-            raise _Bad("a value (required unless source.kind is unavailable or collection)",
-                       None, name)
+            raise bad("a value (required unless source.kind is unavailable or collection)",
+                      path=(name,))
     if card.source.kind in ("embedded", "sklearn"):  # generated/split here: sizes say how many
         missing = [role for role in card.splits if role not in card.split_sizes]
         if missing:
-            raise _Bad(f"a size for every role in splits (missing: {', '.join(missing)}): "
-                       f"{card.source.kind} data is made or split here, so its card says how "
-                       f"many examples each split has", None, "split_sizes")
+            raise bad(f"a size for every role in splits (missing: {', '.join(missing)}): "
+                      f"{card.source.kind} data is made or split here, so its card says how "
+                      f"many examples each split has", path=("split_sizes",))
     if card.eval_split and card.eval_split not in card.splits:
-        raise _Bad(f"a role listed in splits ({', '.join(card.splits)})", card.eval_split,
-                   "eval_split")
+        raise bad(f"a role listed in splits ({', '.join(card.splits)})", card.eval_split,
+                  ("eval_split",))
     if card.class_names is not None and len(card.class_names) != card.num_classes:
-        raise _Bad(f"{card.num_classes} names (num_classes)", len(card.class_names),
-                   "class_names")
+        raise bad(f"{card.num_classes} names (num_classes)", len(card.class_names),
+                  ("class_names",))
     if card.vtab_split is not None and sum(card.vtab_split) != card.train_size:
-        raise _Bad(f"two sizes adding up to train_size ({card.train_size})",
-                   list(card.vtab_split), "vtab_split")
+        raise bad(f"two sizes adding up to train_size ({card.train_size})",
+                  list(card.vtab_split), ("vtab_split",))
     if card.resolution is not None and card.resolution[1] > card.resolution[0]:
-        raise _Bad("[resize, crop] with crop <= resize", list(card.resolution), "resolution")
+        raise bad("[resize, crop] with crop <= resize", list(card.resolution), ("resolution",))
 
 
 def read_card(path: str | os.PathLike) -> DataCard:
@@ -377,10 +278,10 @@ def read_card(path: str | os.PathLike) -> DataCard:
     if not p.is_file():
         raise FileNotFoundError(f"No card file at {p}. Cards live in {CARD_DIR}.")
     try:
-        raw = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as e:
-        raise CardError(f"{p}: not valid YAML: {e}") from None
-    return parse_card(raw, str(p))
+        doc = inputs.read_yaml(p, "card file")
+    except inputs.InputError as e:
+        raise CardError(str(e)) from None
+    return parse_card(doc, str(p))
 
 
 def card_dirs() -> list[Path]:
@@ -442,7 +343,11 @@ def validate_all() -> tuple[list[DataCard], list[str]]:
 
 
 # ---------------------------------------------------------------------------------------- CLI
-def _run_cli(args: argparse.Namespace) -> int:
+def cards_command(args: argparse.Namespace) -> int:
+    """``bitkit cards [NAME] [--group G]``: list and validate the cards, or show one."""
+    if args.group is not None and args.group not in GROUPS:
+        raise CardError(f"unknown group {args.group!r}{inputs.did_you_mean(args.group, GROUPS)}; "
+                        f"groups: {', '.join(GROUPS)}")
     cards, errors = validate_all()
     if args.name:
         card = get_card(args.name)
@@ -461,12 +366,3 @@ def _run_cli(args: argparse.Namespace) -> int:
     for e in errors:
         print(f"invalid: {e}")
     return 1 if errors else 0
-
-
-def add_cli(subparsers: argparse._SubParsersAction) -> None:
-    """Register ``bitkit cards [NAME] [--group G]``: list and validate the data cards."""
-    p = subparsers.add_parser("cards", help="list and validate the data cards",
-                              description="List and validate data_cards/*.yaml.")
-    p.add_argument("name", nargs="?", help="show one card in full")
-    p.add_argument("--group", choices=GROUPS, help="only list this group")
-    p.set_defaults(func=_run_cli)
