@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 import bitkit.models as bm
+import bitkit.resnetv2 as arch  # defines StdConv2d, so the place to swap standardize_weight
 
 
 def var_mean_standardize(weight: torch.Tensor, eps: float = bm.WS_EPS) -> torch.Tensor:
@@ -41,7 +42,7 @@ def build(kind: str, model: str, classes: int):
 
 def make_step(net, opt, x, y, device, autocast, ws_impl):
     def step():
-        bm.standardize_weight = ws_impl  # module global read by StdConv2d.forward at call time
+        arch.standardize_weight = ws_impl  # module global read by StdConv2d.forward at call time
         with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=autocast):
             loss = F.cross_entropy(net(x), y)
         opt.zero_grad(set_to_none=True)
@@ -65,7 +66,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     cuda = device.type == "cuda"
-    fused = bm.standardize_weight
+    fused = arch.standardize_weight
     layouts = [False, True]
     variants = []
     for cl in layouts:
@@ -97,7 +98,7 @@ def main() -> None:
     for _ in range(args.rounds):
         for name, step in variants:
             times[name].append(timed(step))
-    bm.standardize_weight = fused
+    arch.standardize_weight = fused
 
     print(f"{args.model} train step, batch {args.batch} at {args.image_size}px, {device}, "
           f"{args.threads} threads, bf16 autocast: {cuda}; median of {args.rounds} rounds")

@@ -13,11 +13,15 @@ Tables 4 and 5 (BatchNorm, plain convolutions).
 Names follow ``bitkit.weights``' mapping to the released checkpoints:
 ``stem.conv`` = ``root_block``, ``stages.{s}.units.{u}`` = ``block{s+1}/unit{u+1:02d}``,
 ``norm`` = the pre-head ``group_norm``, ``head`` = ``head/conv2d``.
+
+This module is the architecture only: it knows nothing of files. ``bitkit.weights`` (checkpoint
+formats) builds on it, and ``bitkit.models`` (``create``, parameter counts) on both; use the
+names through ``bitkit.models``, which re-exports every public name defined here. (Code that
+swaps ``standardize_weight`` for an experiment must patch it here, where ``StdConv2d`` reads it.)
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
 import re
 from dataclasses import dataclass
@@ -381,63 +385,3 @@ def _check_input(x: torch.Tensor) -> None:
             f"ResNetV2 expects images as (batch, 3, height, width); got shape {tuple(x.shape)}. "
             "Use bitkit.data transforms, which give channels-first tensors in [-1, 1]."
         )
-
-
-def create(
-    name: str,
-    num_classes: int = 1000,
-    weights: str | None = None,
-    *,
-    norm: Norm = "group",
-    conv: Conv = "standardized",
-    ws_eps: float = WS_EPS,
-    dropout: float = 0.0,
-    zero_head: bool = True,
-    grad_checkpointing: bool = False,
-    device: str | torch.device | None = None,
-) -> ResNetV2:
-    """Build a model by name, optionally loading weights (.npz, .safetensors or .pt state dict).
-
-    When the file's head has a different number of classes than ``num_classes`` the head is
-    re-initialised to zeros and a message says so: that is BiT transfer.
-
-    >>> m = create("R14x0.25", num_classes=10)
-    """
-    on_meta = device is not None and str(device) == "meta"
-    # On the meta device the model has shapes but no storage: parameter counts of R152x4 for free.
-    with torch.device("meta") if on_meta else contextlib.nullcontext():
-        model = ResNetV2(get_config(name), num_classes, norm=norm, conv=conv, ws_eps=ws_eps,
-                         dropout=dropout, zero_head=zero_head)
-    if weights is not None:
-        from bitkit import weights as _weights  # weights depends on models, not the reverse
-
-        _weights.load(model, weights)
-    if grad_checkpointing:
-        model.set_grad_checkpointing(True)
-    if device is not None and not on_meta:
-        model.to(device)
-    return model
-
-
-def count_parameters(model: nn.Module, *, include_head: bool = True) -> int:
-    head = getattr(model, "head", None)
-    skip = set(map(id, head.parameters())) if (head is not None and not include_head) else set()
-    return sum(p.numel() for p in model.parameters() if id(p) not in skip)
-
-
-def parameter_table(names: list[str] | None = None, num_classes: int = 1000) -> list[dict]:
-    """Parameter counts of each size, built on the meta device (no memory, any size)."""
-    rows = []
-    for n in names or list_models():
-        m = create(n, num_classes=num_classes, device="meta")
-        rows.append(
-            {
-                "model": n,
-                "depth": m.config.depth,
-                "width": m.config.width,
-                "features": m.num_features,
-                "backbone_params": count_parameters(m, include_head=False),
-                "params": count_parameters(m),
-            }
-        )
-    return rows

@@ -8,6 +8,9 @@ mismatch gets the same clear message whichever format it came from.
 
 Released files are not downloaded by default: fetch them yourself from
 ``https://storage.googleapis.com/bit_models/<name>.npz`` and pass the path, or call :func:`fetch`.
+
+This module builds on the architecture (:mod:`bitkit.resnetv2`) and never imports
+:mod:`bitkit.models`, whose ``create(name, weights=path)`` calls :func:`load`.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ import numpy as np
 import torch
 
 from bitkit.fileio import atomic_write
-from bitkit.models import CONFIGS, RELEASED_SIZES, ResNetV2
+from bitkit.resnetv2 import CONFIGS, RELEASED_SIZES, ResNetV2
 
 log = logging.getLogger("bitkit.weights")
 
@@ -549,12 +552,10 @@ def add_cli(sub) -> None:
 
 
 def _model_for(path: str) -> ResNetV2:
-    from bitkit.models import create
-
     arch = describe(path)
     if arch.name not in CONFIGS:
         raise ValueError(f"{path}: {arch.name} is not a known bitkit size")
-    return create(arch.name, num_classes=arch.num_classes or 1000)
+    return ResNetV2(arch.name, num_classes=arch.num_classes or 1000)
 
 
 def _cli_info(args) -> int:

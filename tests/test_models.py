@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from bitkit import models
+from bitkit import models, resnetv2
 from bitkit.models import PreActBottleneck, StdConv2d, create, get_config, standardize_weight
 
 # Millions of parameters, computed from the architecture (FACTS.md): backbone incl. final GN,
@@ -71,7 +71,7 @@ def test_weight_standardization_statistics():
 
 def test_unit_matches_written_out_equations():
     torch.manual_seed(1)
-    layers = models._Layers("group", "standardized", 4, models.WS_EPS)
+    layers = resnetv2._Layers("group", "standardized", 4, models.WS_EPS)
     unit = PreActBottleneck(layers, 8, 4, 16, stride=2)
     for p in unit.parameters():
         p.data.normal_()
