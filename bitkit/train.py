@@ -15,6 +15,11 @@ Because GroupNorm + Weight Standardization use no batch statistics (paper 4.3), 
 batch B, 2 processes with B/2 each, and 1 process with 4 micro-batches of B/4 compute the same
 update; tests/test_distributed.py checks it.
 
+The file follows ``fit``: the loop first (set up; per step: optimizer step, then at sync points
+log, evaluate, checkpoint; end), then its parts in the order it calls them, one section each:
+setting up (data checks, model, optimizer, resume, DDP), the batches (map-style data or a
+stream), one optimizer step, sync points, checkpoints, the end of a run; then ``evaluate``.
+
 Everything around the loop (logging, progress bars, live plots, stop buttons) is an observer of
 :mod:`bitkit.events`; checkpoints and preemption live in :mod:`bitkit.checkpoint`; process groups
 and data sharding in :mod:`bitkit.distributed`. ``python -m bitkit.train --config run.yaml``
@@ -41,7 +46,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, IterableDataset, Subset
 
-from bitkit import checkpoint, distributed
+from bitkit import checkpoint, distributed, inputs
 from bitkit.data.corrupt import CorruptReport, flag_holder
 from bitkit.distributed import DistInfo, StepSampler
 from bitkit.evaluate import Accumulator, to_model_input
@@ -84,21 +89,29 @@ class TrainConfig:
     resume: bool = True  # continue from out_dir/checkpoint.pt when it exists
 
     def __post_init__(self) -> None:
-        if isinstance(self.schedule, dict):
-            self.schedule = Schedule.from_dict(self.schedule)
-        if self.batch_size < 1 or self.batch_split < 1 or self.batch_size % self.batch_split:
-            raise ValueError(f"batch_size {self.batch_size} must be a positive multiple of "
-                             f"batch_split {self.batch_split}")
-        if self.loss not in ("auto", "softmax", "sigmoid"):
-            raise ValueError(f"loss must be 'auto', 'softmax' or 'sigmoid', not {self.loss!r}")
-        if self.dropout is not None and not 0 <= self.dropout < 1:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
-        for name in ("mixup_alpha", "weight_decay", "decay_to_init", "eval_every",
-                     "checkpoint_every"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        if self.log_every < 1:
-            raise ValueError(f"log_every must be >= 1, got {self.log_every}")
+        # The same rules check a run file's `train:` section (bitkit.runfile), so a mistake
+        # reads the same in Python and in YAML: "field 'batch_size': expected a whole number".
+        checked = inputs.check({f.name: getattr(self, f.name) for f in fields(self)},
+                               inputs.fields(self.rules()), source="TrainConfig")
+        for name, value in checked.items():
+            object.__setattr__(self, name, value)
+        if self.batch_size % self.batch_split:
+            raise inputs.InputError(f"TrainConfig: batch_size {self.batch_size} must be a positive "
+                                    f"multiple of batch_split {self.batch_split}")
+
+    @classmethod
+    def rules(cls) -> dict[str, inputs.Rule]:
+        """Field -> rule (bitkit.inputs): the type hints, with the ranges that can work."""
+        rules = inputs.rules_from_hints(cls)
+        whole, non_negative = inputs.integer, inputs.number(0)
+        rules.update(
+            batch_size=whole(1), batch_split=whole(1), mixup_alpha=non_negative,
+            weight_decay=non_negative, decay_to_init=non_negative,
+            dropout=inputs.optional(inputs.number(0, below=1)), momentum=inputs.number(0, 1),
+            seed=whole(0), eval_every=whole(0), checkpoint_every=whole(0), log_every=whole(1),
+            eval_batch_size=inputs.optional(whole(1)), num_workers=inputs.optional(whole(0)),
+        )
+        return rules
 
     @classmethod
     def from_recipe(cls, recipe: Recipe, **overrides: Any) -> TrainConfig:
@@ -213,16 +226,118 @@ def fit(
     info = distributed.init()
     device = distributed.device_for(info, config.device)
     control = control or RunControl()
-    schedule, split = config.schedule, config.batch_split
-    streaming = isinstance(train_data, IterableDataset)
+    total = config.schedule.total_steps
+    loss_kind = _check_and_shard_data(train_data, eval_data, config, info, device)
+    run = _set_up(model, train_data, config, out_dir, info, device)
+    batches = _TrainBatches(train_data, config, run)
+    if batches.streaming and run.start < total:  # a stream's first batch decides 'auto'
+        loss_kind = batches.check_first(config.loss)
+    emit = _Emitter(_observers(run.out, config, observers) if info.is_main else [], control,
+                    total)
+    emit("start", run.start)
+
+    result = FitResult(step=run.start, reason="done")
+    meter = _LossMeter(device, run.start)
+    model.train()
+    try:
+        with checkpoint.preemption_handler(control):
+            for step in range(run.start, total):
+                lr = _optimizer_step(run, batches, step, config, loss_kind, meter.loss_sum)
+                meter.steps += 1
+                done = step + 1
+                last = done == total
+                eval_now = eval_data is not None and (last or _every(config.eval_every, done))
+                checkpoint_now = last or _every(config.checkpoint_every, done)
+                # Reading the loss waits for the device (and, under DDP, for every rank), so a
+                # fast GPU run does it only at these sync points, not after every step. One
+                # process also stops at once when asked; DDP ranks agree on it at a sync point.
+                if not (_every(config.log_every, done) or eval_now or checkpoint_now
+                        or (control.stop_requested and not info.is_distributed)):
+                    continue
+                train_loss, stop = _agree(meter.loss_sum, meter.steps, control.stop_requested,
+                                          device)
+                if not math.isfinite(train_loss):
+                    _diverged(emit, done, lr, train_loss, run.ckpt_path)
+                examples_per_s = meter.restart(done, config.batch_size)
+                result.step, result.train_loss = done, train_loss
+                emit("step", done, loss=train_loss, lr=lr, examples_per_s=examples_per_s)
+                if eval_now:
+                    result.eval = evaluate(model, eval_data, config, loss_kind, device, info)
+                    emit("eval", done, **result.eval)
+                if not info.is_distributed:  # one process: an observer's request counts at once
+                    stop = control.stop_requested
+                if checkpoint_now or stop:
+                    result.checkpoint = _save_checkpoint(run, batches, done, config, emit)
+                if stop:
+                    result.reason = f"stopped: {control.reason or 'requested on another rank'}"
+                    break
+    except KeyboardInterrupt:
+        # A Jupyter "interrupt kernel" (or Ctrl-C): observers still get an end event, so the
+        # progress bar closes and live monitors stop, then the interrupt goes on up. No
+        # checkpoint: the step in flight is half done; the last periodic one is kept.
+        emit("end", result.step, reason="interrupted")
+        raise
+
+    if result.step == total and run.start == total:
+        result.reason = "done (the checkpoint was already at the last step)"
+    result.corrupt = _unreadable_images(train_data, (result.step - run.start) * config.batch_size,
+                                        info, device)
+    skipped = {}
+    if result.corrupt is not None:
+        skipped = {"corrupt_skipped": result.corrupt.count, "corrupt_ids": result.corrupt.ids}
+    emit("end", result.step, reason=result.reason, **skipped)
+    if result.corrupt is not None and result.corrupt.count and info.is_main:
+        print(f"fit: training data: {result.corrupt}", file=sys.stderr)
+    return result
+
+
+# ------------------------------------------------------------------------------------------------
+# Setting up: data checks, the model on its device, optimizer, resume, DDP
+# ------------------------------------------------------------------------------------------------
+
+
+def _check_and_shard_data(train_data: Dataset, eval_data: Dataset | None, config: TrainConfig,
+                          info: DistInfo, device: torch.device) -> str:
+    """Refuse data fit cannot use before any work is done; give the loss kind to train with.
+
+    Map-style data is checked on its item 0, which also decides ``loss='auto'``. Reading it
+    stays before the global RNGs are seeded: after, it would shift the random numbers that
+    dropout and a dataset's own augmentation draw, and with them every same-seed result. A
+    stream cannot be indexed: here it is only pointed at this rank's shards; its first batch is
+    checked (and decides 'auto') once its loader exists (:meth:`_TrainBatches.check_first`).
+    """
     if isinstance(eval_data, IterableDataset):
         raise ValueError("eval_data must be a map-style dataset (len and indexing: a held-out "
                          "split, every example once); streams are for training data")
-    if streaming:  # the first batch decides the loss ('auto') and is checked then
+    if isinstance(train_data, IterableDataset):
         _shard_stream(train_data, info, _workers(config, device))
-        loss_kind = config.loss
-    else:
-        loss_kind = _check_data(train_data, config.loss)
+        return config.loss
+    return _check_data(train_data, config.loss)
+
+
+@dataclass
+class _Run:
+    """What the loop trains with, as :func:`_set_up` prepared it."""
+
+    info: DistInfo
+    device: torch.device
+    model: nn.Module  # the module itself: what checkpoints save and evaluation runs
+    net: nn.Module  # what the training forward calls: model or its DDP wrapper, maybe compiled
+    ddp: DistributedDataParallel | None  # None in one process; no_sync() on accumulation micro-batches
+    optimizer: torch.optim.Optimizer
+    trainable: list[nn.Parameter]  # requires_grad parameters: those decay_to_init pulls
+    anchor: list[torch.Tensor]  # their initial values (decay_to_init > 0; else empty)
+    autocast: Any  # the bf16 autocast context (or a no-op), entered for every micro-batch
+    out: Path | None
+    ckpt_path: Path | None
+    identity: dict[str, Any]  # what this run is: a checkpoint must match it to be resumed
+    start: int  # the first step to train: 0, or the resumed checkpoint's step
+    saved_data: dict[str, Any] | None  # the resumed checkpoint's data position
+
+
+def _set_up(model: nn.Module, train_data: Dataset, config: TrainConfig,
+            out_dir: str | os.PathLike | None, info: DistInfo, device: torch.device) -> _Run:
+    """Model on its device, SGD, resume from ``out_dir`` (else seed the RNGs), DDP wrap."""
     model.to(device)
     if config.channels_last:
         model.to(memory_format=torch.channels_last)
@@ -246,144 +361,269 @@ def fit(
     else:
         _seed_globals(config.seed, info.rank, step=0)
 
+    # DDP wraps the starting weights, initial or loaded (its constructor broadcasts rank 0's to
+    # every rank); checkpoints save the plain module's state_dict, without DDP's 'module.'.
     ddp = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
                                   else None) if info.is_distributed else None
     net: nn.Module = ddp or model
     if config.compile:
         net = torch.compile(net)
-    position: _StreamPosition | None = None
-    sampler: StepSampler | None = None
-    if streaming:
-        position = _StreamPosition.resumed(saved_data, info)
-        micro = _micro_batch(config, info)
-        batches = _stream_batches(train_data, _loader(train_data, config, device,
-                                                      batch_size=micro, drop_last=True),
-                                  position, micro, info)
-        if start < schedule.total_steps:  # peek: check the first batch, pick the loss
-            try:
-                first = next(batches)
-            except TypeError as e:  # default_collate on PIL images: a raw, unprocessed stream
-                raise ValueError(f"fit could not batch the stream's items ({e}). Wrap a raw "
-                                 "stream with bitkit.data.transforms.preprocess_stream (3xHxW "
-                                 "tensors in [-1, 1]).") from None
-            loss_kind = _check_stream_batch(first, config.loss)
-            batches = _chain(first, batches)
+    return _Run(info=info, device=device, model=model, net=net, ddp=ddp, optimizer=optimizer,
+                trainable=trainable, anchor=anchor, autocast=_autocast(device, config.bf16),
+                out=out, ckpt_path=ckpt_path, identity=identity, start=start,
+                saved_data=saved_data)
+
+
+def _identity(model: nn.Module, config: TrainConfig, dataset_size: int | str) -> dict[str, Any]:
+    """What this run *is*: compared with a checkpoint's before resuming from it."""
+    name = getattr(model, "name", type(model).__name__)
+    return {"model": name, "parameters": checkpoint.parameter_shapes(model),
+            "dataset_size": dataset_size, **config.identity()}
+
+
+def _resume(path: Path, identity: dict[str, Any], model: nn.Module,
+            optimizer: torch.optim.Optimizer, anchor: list[torch.Tensor], info: DistInfo,
+            seed: int) -> tuple[int, dict[str, Any]]:
+    """Load a checkpoint of this run: weights, momentum, anchor and RNG states; give its step
+    and data position."""
+    state = checkpoint.load(path)
+    checkpoint.check_compatible(state["identity"], identity, path)
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    for a, saved in zip(anchor, state["anchor"], strict=True):
+        a.copy_(saved)
+    step = int(state["step"])
+    if len(state["rng"]) == info.world_size:
+        checkpoint.set_rng_state(state["rng"][info.rank])
     else:
-        sampler = StepSampler(len(train_data), config.batch_size, schedule.total_steps,
-                              seed=config.seed, start_step=start, rank=info.rank,
-                              world_size=info.world_size, batch_split=split)
-        batches = iter(_loader(train_data, config, device, batch_sampler=sampler,
-                               persistent_workers=config.num_workers != 0))
-    autocast = _autocast(device, config.bf16)
-    emit = _Emitter(_observers(out, config, observers) if info.is_main else [], control,
-                    schedule.total_steps)
-    emit("start", start)
+        # Data order and gradients do not depend on the world size (StepSampler, GroupNorm);
+        # only dropout randomness cannot be carried over rank by rank (bitkit's augmentation
+        # is a function of the batch's indices, see bitkit.data.transforms.Preprocessed).
+        _seed_globals(seed, info.rank, step)
+        if info.is_main:
+            print(f"resuming with {info.world_size} processes from a checkpoint of "
+                  f"{len(state['rng'])}: dropout randomness is reseeded",
+                  file=sys.stderr)
+    return step, state.get("data") or {}
 
-    def save(step: int) -> Path | None:
-        if ckpt_path is None:
-            return None
-        data_state = (position.state() if position is not None
-                      else {**sampler.state_dict(), "step": step})
-        _save_checkpoint(ckpt_path, step, model, optimizer, anchor, data_state, config,
-                         identity, info)
-        emit("checkpoint", step, path=str(ckpt_path))
-        return ckpt_path
 
-    result = FitResult(step=start, reason="done")
-    loss_sum, loss_steps = torch.zeros((), device=device), 0
-    t_log, step_log = time.perf_counter(), start
-    model.train()
-    try:
-        with checkpoint.preemption_handler(control):
-            for step in range(start, schedule.total_steps):
-                lr = schedule.lr(step)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-                mixing = config.mixup_alpha > 0
-                lam = mixup_lambda(config.mixup_alpha, config.seed, step) if mixing else 1.0
+# ------------------------------------------------------------------------------------------------
+# Batches: map-style data or a stream
+# ------------------------------------------------------------------------------------------------
 
-                for micro in range(split):
-                    x, y = next(batches)
-                    x = x.to(device, non_blocking=True)
-                    if x.dtype == torch.uint8:  # raw pixels: BiT's scaling, as predict/evaluate do
-                        x = x.float().div_(127.5).sub_(1.0)
-                    y = y.to(device, non_blocking=True)
-                    if config.channels_last:
-                        x = x.contiguous(memory_format=torch.channels_last)
-                    # Gradients of micro-batches accumulate locally; DDP syncs on the last one only.
-                    sync = ddp is None or micro == split - 1
-                    with nullcontext() if sync else ddp.no_sync():
-                        with autocast:
-                            if mixing:  # mix each image with a partner from the same micro-batch
-                                perm = mixup_permutation(len(x), config.seed, step, info.rank,
-                                                         micro).to(device)
-                                x = lam * x + (1 - lam) * x[perm]
-                            logits = net(x)
-                            if step == start and micro == 0:
-                                _check_targets(logits, y, loss_kind)
-                            loss = classification_loss(logits, y, loss_kind)
-                            if mixing:
-                                loss = lam * loss + (1 - lam) * classification_loss(
-                                    logits, y[perm], loss_kind)
-                        (loss / split).backward()
-                    loss_sum += loss.detach() / split
 
-                if config.decay_to_init:  # gradient of decay/2 * ||w - w0||^2 (supplementary A)
-                    for p, p0 in zip(trainable, anchor, strict=True):
-                        if p.grad is not None:  # unused this step: SGD skips it too (as for wd)
-                            p.grad.add_(p.detach() - p0, alpha=config.decay_to_init)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
+class _TrainBatches:
+    """This process's micro-batches, step after step, from map-style data or from a stream.
 
-                # Everything below happens at "sync points" only: reading the loss waits for the
-                # device (and, under DDP, for every rank), so it is not done on every step of a
-                # fast GPU run unless log_every = 1.
-                done, loss_steps = step + 1, loss_steps + 1
-                eval_due = eval_data is not None and config.eval_every and done % config.eval_every == 0
-                ckpt_due = config.checkpoint_every and done % config.checkpoint_every == 0
-                last = done == schedule.total_steps
-                if not (done % config.log_every == 0 or eval_due or ckpt_due or last
-                        or (control.stop_requested and not info.is_distributed)):
-                    continue
-                train_loss, stop = _agree(loss_sum, loss_steps, control.stop_requested, device)
-                if not math.isfinite(train_loss):
-                    _diverged(emit, done, lr, train_loss, ckpt_path)
-                now = time.perf_counter()
-                result.step, result.train_loss = done, train_loss
-                emit("step", done, loss=train_loss, lr=lr,
-                     examples_per_s=(done - step_log) * config.batch_size / max(now - t_log, 1e-9))
-                loss_sum.zero_()
-                loss_steps, t_log, step_log = 0, now, done
-                if eval_due or (last and eval_data is not None):
-                    result.eval = evaluate(model, eval_data, config, loss_kind, device, info)
-                    emit("eval", done, **result.eval)
-                if not info.is_distributed:  # one process: an observer's request counts at once
-                    stop = control.stop_requested
-                if ckpt_due or last or stop:
-                    result.checkpoint = save(done)
-                if stop:
-                    result.reason = f"stopped: {control.reason or 'requested on another rank'}"
-                    break
-    except KeyboardInterrupt:
-        # A Jupyter "interrupt kernel" (or Ctrl-C): observers still get an end event, so the
-        # progress bar closes and live monitors stop, then the interrupt goes on up. No
-        # checkpoint: the step in flight is half done; the last periodic one is kept.
-        emit("end", result.step, reason="interrupted")
-        raise
-    if result.step == schedule.total_steps and start == schedule.total_steps:
-        result.reason = "done (the checkpoint was already at the last step)"
-    if streaming:
-        examples = (result.step - start) * config.batch_size
-        result.corrupt = _stream_corrupt_report(train_data, examples, device)
-    else:
-        result.corrupt = _corrupt_report(train_data, info, device)
-    skipped = {}
-    if result.corrupt is not None:
-        skipped = {"corrupt_skipped": result.corrupt.count, "corrupt_ids": result.corrupt.ids}
-    emit("end", result.step, reason=result.reason, **skipped)
-    if result.corrupt is not None and result.corrupt.count and info.is_main:
-        print(f"fit: training data: {result.corrupt}", file=sys.stderr)
-    return result
+    The loop takes ``next()`` micro-batches without knowing which it is; :meth:`state` is the
+    data position a checkpoint records. Map-style data goes through :class:`StepSampler`
+    (each step's examples are a function of (seed, step): an exact resume); a stream is read in
+    micro-batches epoch after epoch (see "Streams" below: a resume starts the next epoch).
+    """
+
+    def __init__(self, data: Dataset, config: TrainConfig, run: _Run) -> None:
+        self.streaming = isinstance(data, IterableDataset)
+        self._position: _StreamPosition | None = None
+        self._sampler: StepSampler | None = None
+        if self.streaming:
+            self._position = _StreamPosition.resumed(run.saved_data, run.info)
+            micro = _micro_batch(config, run.info)
+            loader = _loader(data, config, run.device, batch_size=micro, drop_last=True)
+            self._batches = _stream_batches(data, loader, self._position, micro, run.info)
+        else:
+            self._sampler = StepSampler(len(data), config.batch_size, config.schedule.total_steps,
+                                        seed=config.seed, start_step=run.start,
+                                        rank=run.info.rank, world_size=run.info.world_size,
+                                        batch_split=config.batch_split)
+            self._batches = iter(_loader(data, config, run.device, batch_sampler=self._sampler,
+                                         persistent_workers=config.num_workers != 0))
+
+    def __iter__(self) -> _TrainBatches:
+        return self
+
+    def __next__(self) -> Any:
+        return next(self._batches)
+
+    def check_first(self, loss: str) -> str:
+        """Check a stream's first micro-batch and give the loss kind; it is still trained on."""
+        try:
+            first = next(self._batches)
+        except TypeError as e:  # default_collate on PIL images: a raw, unprocessed stream
+            raise ValueError(f"fit could not batch the stream's items ({e}). Wrap a raw "
+                             "stream with bitkit.data.transforms.preprocess_stream (3xHxW "
+                             "tensors in [-1, 1]).") from None
+        loss_kind = _check_stream_batch(first, loss)
+        self._batches = _chain(first, self._batches)
+        return loss_kind
+
+    def state(self, step: int) -> dict[str, Any]:
+        """The data position at ``step`` for a checkpoint. Every rank must call it: a stream's
+        positions are gathered from all ranks."""
+        if self._position is not None:
+            return self._position.state()
+        return {**self._sampler.state_dict(), "step": step}
+
+
+# ------------------------------------------------------------------------------------------------
+# One optimizer step
+# ------------------------------------------------------------------------------------------------
+
+
+def _optimizer_step(run: _Run, batches: _TrainBatches, step: int, config: TrainConfig,
+                    loss_kind: str, loss_sum: torch.Tensor) -> float:
+    """Optimizer step ``step`` (1-5 of the module docstring) on ``batch_split`` micro-batches
+    from ``batches``. Adds the step's loss to ``loss_sum`` in place, on the device (reading it
+    would wait for the device), and returns the step's learning rate."""
+    lr = config.schedule.lr(step)
+    for group in run.optimizer.param_groups:
+        group["lr"] = lr
+    mixing = config.mixup_alpha > 0
+    lam = mixup_lambda(config.mixup_alpha, config.seed, step) if mixing else 1.0
+    split = config.batch_split
+
+    for micro in range(split):
+        # Each micro-batch is loaded just before its forward pass, not all up front: one in
+        # memory at a time, and a dataset that draws from the global RNG (augmentation) shares
+        # it with dropout in this interleaved order, which same-seed results depend on.
+        x, y = next(batches)
+        x, y = _to_device(x, y, run.device, config.channels_last)
+        # Gradients of micro-batches accumulate locally; DDP syncs on the last one only.
+        sync = run.ddp is None or micro == split - 1
+        with nullcontext() if sync else run.ddp.no_sync():
+            with run.autocast:
+                if mixing:  # mix each image with a partner from the same micro-batch
+                    perm = mixup_permutation(len(x), config.seed, step, run.info.rank,
+                                             micro).to(run.device)
+                    x = lam * x + (1 - lam) * x[perm]
+                logits = run.net(x)
+                if step == run.start and micro == 0:  # labels that do not fit the head
+                    _check_targets(logits, y, loss_kind)
+                loss = classification_loss(logits, y, loss_kind)
+                if mixing:
+                    loss = lam * loss + (1 - lam) * classification_loss(logits, y[perm],
+                                                                        loss_kind)
+            (loss / split).backward()
+        loss_sum += loss.detach() / split
+
+    if config.decay_to_init:  # gradient of decay/2 * ||w - w0||^2 (supplementary A)
+        for p, p0 in zip(run.trainable, run.anchor, strict=True):
+            if p.grad is not None:  # unused this step: SGD skips it too (as for wd)
+                p.grad.add_(p.detach() - p0, alpha=config.decay_to_init)
+    run.optimizer.step()
+    run.optimizer.zero_grad(set_to_none=True)
+    return lr
+
+
+def _to_device(x: torch.Tensor, y: torch.Tensor, device: torch.device,
+               channels_last: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    x = x.to(device, non_blocking=True)
+    if x.dtype == torch.uint8:  # raw pixels: BiT's scaling, as predict/evaluate do
+        x = x.float().div_(127.5).sub_(1.0)
+    y = y.to(device, non_blocking=True)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x, y
+
+
+def _check_targets(logits: torch.Tensor, y: torch.Tensor, loss_kind: str) -> None:
+    classes = logits.shape[1]
+    if loss_kind == "softmax" and (y.min() < 0 or y.max() >= classes):
+        raise ValueError(f"labels of the first batch range over {int(y.min())}..{int(y.max())} "
+                         f"but the model has {classes} outputs; create the model with "
+                         "num_classes = the number of classes (or model.reset_head(n))")
+    if loss_kind == "sigmoid" and y.shape[1] != classes:
+        raise ValueError(f"multi-hot targets have {y.shape[1]} classes but the model has "
+                         f"{classes} outputs; use model.reset_head({y.shape[1]})")
+
+
+# ------------------------------------------------------------------------------------------------
+# Sync points: the loss, the stop decision, divergence
+# ------------------------------------------------------------------------------------------------
+
+
+def _every(n: int, step: int) -> bool:
+    """Whether ``step`` is a multiple of ``n`` (``n = 0``: never; the end is handled apart)."""
+    return n > 0 and step % n == 0
+
+
+class _LossMeter:
+    """The training loss (summed on the device) and the throughput since the last sync point."""
+
+    def __init__(self, device: torch.device, step: int) -> None:
+        self.loss_sum, self.steps = torch.zeros((), device=device), 0
+        self.since, self.since_step = time.perf_counter(), step
+
+    def restart(self, step: int, batch_size: int) -> float:
+        """Start the next interval at ``step``; give the examples per second of the last one."""
+        now = time.perf_counter()
+        rate = (step - self.since_step) * batch_size / max(now - self.since, 1e-9)
+        self.loss_sum.zero_()
+        self.steps, self.since, self.since_step = 0, now, step
+        return rate
+
+
+def _agree(loss_sum: torch.Tensor, steps: int, stop: bool,
+           device: torch.device) -> tuple[float, bool]:
+    """Mean loss over ranks and steps since the last sync, and whether any rank must stop.
+
+    All ranks must stop at the same step (else the others wait forever in the next all-reduce),
+    and SIGTERM reaches ranks at slightly different times: so the decision is a sum over ranks.
+    """
+    t = torch.stack([loss_sum.float(), torch.tensor(float(steps), device=device),
+                     torch.tensor(float(stop), device=device)])
+    world = distributed.all_reduce_sum(t).tolist()
+    return world[0] / world[1], world[2] > 0
+
+
+def _diverged(emit: _Emitter, step: int, lr: float, loss: float, ckpt: Path | None) -> None:
+    kept = (f"The last good checkpoint is kept at {ckpt}." if ckpt and ckpt.exists()
+            else "No checkpoint was written before it.")
+    message = (f"training diverged: the loss is {loss} at step {step} (lr {lr:.3g}). {kept} "
+               "Lower the learning rate, or check the data for NaN/inf pixels or bad targets.")
+    emit("end", step, reason=f"diverged: loss {loss}")
+    raise TrainingDiverged(message)
+
+
+# ------------------------------------------------------------------------------------------------
+# Checkpoints (the file format and preemption: bitkit.checkpoint)
+# ------------------------------------------------------------------------------------------------
+
+
+def _save_checkpoint(run: _Run, batches: _TrainBatches, step: int, config: TrainConfig,
+                     emit: _Emitter) -> Path | None:
+    """Write ``out_dir/checkpoint.pt`` at ``step`` and announce it; None without an out_dir.
+
+    Every rank must call it: the data position and RNG states are gathered from all ranks, and
+    only rank 0 writes.
+    """
+    if run.ckpt_path is None:
+        return None
+    data_state = batches.state(step)
+    rng = distributed.all_gather(checkpoint.rng_state())  # every rank's dropout/augment RNG
+    if run.info.is_main:
+        checkpoint.save(run.ckpt_path, {
+            "step": step, "model": run.model.state_dict(),
+            "optimizer": run.optimizer.state_dict(), "anchor": run.anchor, "rng": rng,
+            "data": {**data_state, "step": step}, "config": config.to_dict(),
+            "identity": run.identity,
+        })
+    distributed.barrier()  # nobody runs ahead (or exits) before the file is complete
+    emit("checkpoint", step, path=str(run.ckpt_path))
+    return run.ckpt_path
+
+
+# ------------------------------------------------------------------------------------------------
+# The end of a run: unreadable training images (bitkit.data.corrupt)
+# ------------------------------------------------------------------------------------------------
+
+
+def _unreadable_images(data: Dataset, examples: int, info: DistInfo,
+                       device: torch.device) -> CorruptReport | None:
+    """The run's report of skipped unreadable training images (None: data without any);
+    ``examples``: how many this run trained on (a stream's total)."""
+    if isinstance(data, IterableDataset):
+        return _stream_corrupt_report(data, examples, device)
+    return _corrupt_report(data, info, device)
 
 
 def _stream_corrupt_report(stream: IterableDataset, examples: int,
@@ -421,28 +661,6 @@ def _corrupt_report(data: Dataset, info: DistInfo, device: torch.device,
         return report(limit) if report is not None else lookup.holder.corrupt_report(limit)
     except AttributeError:  # a wrapper over data that never has unreadable images
         return None
-
-
-def _agree(loss_sum: torch.Tensor, steps: int, stop: bool,
-           device: torch.device) -> tuple[float, bool]:
-    """Mean loss over ranks and steps since the last sync, and whether any rank must stop.
-
-    All ranks must stop at the same step (else the others wait forever in the next all-reduce),
-    and SIGTERM reaches ranks at slightly different times: so the decision is a sum over ranks.
-    """
-    t = torch.stack([loss_sum.float(), torch.tensor(float(steps), device=device),
-                     torch.tensor(float(stop), device=device)])
-    world = distributed.all_reduce_sum(t).tolist()
-    return world[0] / world[1], world[2] > 0
-
-
-def _diverged(emit: _Emitter, step: int, lr: float, loss: float, ckpt: Path | None) -> None:
-    kept = (f"The last good checkpoint is kept at {ckpt}." if ckpt and ckpt.exists()
-            else "No checkpoint was written before it.")
-    message = (f"training diverged: the loss is {loss} at step {step} (lr {lr:.3g}). {kept} "
-               "Lower the learning rate, or check the data for NaN/inf pixels or bad targets.")
-    emit("end", step, reason=f"diverged: loss {loss}")
-    raise TrainingDiverged(message)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -503,7 +721,7 @@ def evaluate(model: nn.Module, data: Dataset, config: TrainConfig, loss_kind: st
 
 
 # ------------------------------------------------------------------------------------------------
-# Pieces of fit
+# Shared by training and evaluation: events, loaders, seeds, data checks
 # ------------------------------------------------------------------------------------------------
 
 
@@ -702,61 +920,6 @@ def _data_size(data: Dataset) -> int | str:
         return len(data)
     shards = getattr(data, "shards", None)
     return f"stream of {len(shards)} shards" if shards is not None else "stream"
-
-
-def _check_targets(logits: torch.Tensor, y: torch.Tensor, loss_kind: str) -> None:
-    classes = logits.shape[1]
-    if loss_kind == "softmax" and (y.min() < 0 or y.max() >= classes):
-        raise ValueError(f"labels of the first batch range over {int(y.min())}..{int(y.max())} "
-                         f"but the model has {classes} outputs; create the model with "
-                         "num_classes = the number of classes (or model.reset_head(n))")
-    if loss_kind == "sigmoid" and y.shape[1] != classes:
-        raise ValueError(f"multi-hot targets have {y.shape[1]} classes but the model has "
-                         f"{classes} outputs; use model.reset_head({y.shape[1]})")
-
-
-def _identity(model: nn.Module, config: TrainConfig, dataset_size: int | str) -> dict[str, Any]:
-    """What this run *is*: compared with a checkpoint's before resuming from it."""
-    name = getattr(model, "name", type(model).__name__)
-    return {"model": name, "parameters": checkpoint.parameter_shapes(model),
-            "dataset_size": dataset_size, **config.identity()}
-
-
-def _save_checkpoint(path: Path, step: int, model: nn.Module, optimizer: torch.optim.Optimizer,
-                     anchor: list[torch.Tensor], data_state: dict[str, Any],
-                     config: TrainConfig, identity: dict[str, Any], info: DistInfo) -> None:
-    rng = distributed.all_gather(checkpoint.rng_state())  # every rank's dropout/augment RNG
-    if info.is_main:
-        checkpoint.save(path, {
-            "step": step, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-            "anchor": anchor, "rng": rng, "data": {**data_state, "step": step},
-            "config": config.to_dict(), "identity": identity,
-        })
-    distributed.barrier()  # nobody runs ahead (or exits) before the file is complete
-
-
-def _resume(path: Path, identity: dict[str, Any], model: nn.Module,
-            optimizer: torch.optim.Optimizer, anchor: list[torch.Tensor], info: DistInfo,
-            seed: int) -> tuple[int, dict[str, Any]]:
-    state = checkpoint.load(path)
-    checkpoint.check_compatible(state["identity"], identity, path)
-    model.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
-    for a, saved in zip(anchor, state["anchor"], strict=True):
-        a.copy_(saved)
-    step = int(state["step"])
-    if len(state["rng"]) == info.world_size:
-        checkpoint.set_rng_state(state["rng"][info.rank])
-    else:
-        # Data order and gradients do not depend on the world size (StepSampler, GroupNorm);
-        # only dropout randomness cannot be carried over rank by rank (bitkit's augmentation
-        # is a function of the batch's indices, see bitkit.data.transforms.Preprocessed).
-        _seed_globals(seed, info.rank, step)
-        if info.is_main:
-            print(f"resuming with {info.world_size} processes from a checkpoint of "
-                  f"{len(state['rng'])}: dropout randomness is reseeded",
-                  file=sys.stderr)
-    return step, state.get("data") or {}
 
 
 if __name__ == "__main__":  # the torchrun entry point: python -m bitkit.train --config run.yaml
