@@ -326,7 +326,8 @@ def list_of(rule: Rule, *, min_len: int = 1, length: int | None = None, single: 
     return rule_list
 
 
-def fields(rules: Mapping[str, Rule], *, required: Iterable[str] = (), what: str = "a mapping",
+def fields(rules: Mapping[str, Rule], *, required: Iterable[str] = (),
+           what: str = "a mapping of name: value",
            defaults: Mapping[str, Any] | None = None) -> Rule:
     """A mapping whose keys are among ``rules`` (an unknown one names the closest known one),
     with every ``required`` key present, each value passing its rule. Returns a new dict of
@@ -337,7 +338,7 @@ def fields(rules: Mapping[str, Rule], *, required: Iterable[str] = (), what: str
         if v is None:
             v = {}
         if not isinstance(v, Mapping):
-            raise Invalid(f"{what} of name: value", v)
+            raise Invalid(what, v)
         for key in v:
             if key not in rules:
                 raise unknown_name(key, rules)

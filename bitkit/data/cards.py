@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import difflib
 import os
-import sysconfig
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cache
@@ -27,12 +26,17 @@ from bitkit import inputs
 
 
 def _card_dir() -> Path:
-    """``data_cards/`` of the source tree (editable installs), else the copy a wheel installs
-    under ``<prefix>/share/bitkit/data_cards`` (pyproject's data-files)."""
-    source_tree = Path(__file__).resolve().parents[2] / "data_cards"
-    if source_tree.is_dir():
-        return source_tree
-    return Path(sysconfig.get_path("data")) / "share" / "bitkit" / "data_cards"
+    """The built-in cards: the package ``bitkit.data_cards`` (pyproject maps the repository's
+    top-level ``data_cards/`` folder into bitkit), read with importlib.resources so editable
+    installs and wheels find them alike; a source tree that was never installed falls back to
+    the folder itself."""
+    from importlib import resources
+
+    try:
+        folder = resources.files("bitkit.data_cards")
+    except ModuleNotFoundError:
+        return Path(__file__).resolve().parents[2] / "data_cards"
+    return Path(str(folder))  # a plain folder in both layouts (setuptools installs files)
 
 
 CARD_DIR = _card_dir()
