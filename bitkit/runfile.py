@@ -220,8 +220,21 @@ def run(config_path: str | os.PathLike, observers: Sequence[Observer] = ()) -> F
     p = plan(spec)
     torch.manual_seed(p.config.seed)  # the same seed gives the same initial head and weights
     model = create(spec["model"], num_classes=p.num_classes, weights=spec.get("weights"))
+    observers = [*observers, *tensorboard_observer(spec, p.config)]
     return fit(model, p.train_data, p.config, eval_data=p.eval_data, out_dir=spec["out_dir"],
                observers=observers)
+
+
+def tensorboard_observer(spec: dict[str, Any], config: TrainConfig) -> list[Observer]:
+    """The run file's ``tensorboard:`` key: ``true`` writes event files into ``out_dir`` (so
+    ``tensorboard --logdir runs/`` names each run by its folder), a path writes them there."""
+    where = spec.get("tensorboard")
+    if not where:
+        return []
+    from bitkit.events import TensorBoardLogger
+
+    log_dir = spec["out_dir"] if where is True else where
+    return [TensorBoardLogger(log_dir, {**spec, "train": config.to_dict()})]
 
 
 def launch(config_path: str | os.PathLike, nproc_per_node: int = 2,

@@ -14,7 +14,7 @@ from bitkit.hyperrule import Schedule
 from bitkit.models import create
 from bitkit.train import TrainConfig, fit
 
-pytest.importorskip("tensorboard")
+# tensorboard is in the dev extra: a missing one fails here rather than skipping the checks
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402
 from tensorboard.plugins.hparams import api_pb2, metadata  # noqa: E402
 
@@ -154,3 +154,22 @@ def test_without_tensorboard_import_works_and_the_logger_says_how_to_install():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          cwd=Path(__file__).parents[1], check=True).stdout
     assert "pip install 'bitkit[tensorboard]'" in out and "pip install tensorboard" in out
+
+
+def test_a_run_file_with_tensorboard_true_writes_into_its_out_dir(tmp_path):
+    """``tensorboard: true`` in a run file: the same scalars, in out_dir, for torchrun jobs."""
+    import json
+
+    from conftest import write_run
+
+    from bitkit import runfile
+
+    path = write_run(tmp_path, steps=3)
+    spec = json.loads(path.read_text())
+    path.write_text(json.dumps({**spec, "tensorboard": True}))
+    result = runfile.run(path)
+    out = tmp_path / "run"
+    acc = read(out)
+    assert result.step == 3 and [s.step for s in acc.Scalars("train/loss")] == [1, 2, 3]
+    assert_scalars_match_jsonl(acc, read_jsonl(out / "metrics.jsonl"))
+    assert "R14x0.25" in text(acc, "run/config/text_summary")[0][1]  # the run file's own keys
