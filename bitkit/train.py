@@ -22,17 +22,18 @@ stream), one optimizer step, sync points, checkpoints, the end of a run; then ``
 
 Everything around the loop (logging, progress bars, live plots, stop buttons) is an observer of
 :mod:`bitkit.events`; checkpoints and preemption live in :mod:`bitkit.checkpoint`; process groups
-and data sharding in :mod:`bitkit.distributed`. ``python -m bitkit.train --config run.yaml``
-(also ``bitkit train``) runs a run file (:mod:`bitkit.runfile`): the entry point for ``torchrun``.
+and data sharding in :mod:`bitkit.distributed`. A YAML run file (:mod:`bitkit.runfile`) runs
+with ``bitkit train --config run.yaml``, under torchrun as ``torchrun ... -m bitkit train ...``.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import random
-import sys
 import time
+import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, fields
@@ -56,6 +57,8 @@ from bitkit.hyperrule import Recipe, Schedule
 CHECKPOINT_FILE = "checkpoint.pt"
 METRICS_FILE = "metrics.jsonl"
 LossKind = Literal["auto", "softmax", "sigmoid"]
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -287,7 +290,7 @@ def fit(
         skipped = {"corrupt_skipped": result.corrupt.count, "corrupt_ids": result.corrupt.ids}
     emit("end", result.step, reason=result.reason, **skipped)
     if result.corrupt is not None and result.corrupt.count and info.is_main:
-        print(f"fit: training data: {result.corrupt}", file=sys.stderr)
+        warnings.warn(_unreadable_message(result.corrupt, batches.streaming), stacklevel=2)
     return result
 
 
@@ -400,10 +403,9 @@ def _resume(path: Path, identity: dict[str, Any], model: nn.Module,
         # only dropout randomness cannot be carried over rank by rank (bitkit's augmentation
         # is a function of the batch's indices, see bitkit.data.transforms.Preprocessed).
         _seed_globals(seed, info.rank, step)
-        if info.is_main:
-            print(f"resuming with {info.world_size} processes from a checkpoint of "
-                  f"{len(state['rng'])}: dropout randomness is reseeded",
-                  file=sys.stderr)
+        if info.is_main:  # nothing to do about it: the run goes on, only the masks differ
+            logger.info("resuming with %d processes from a checkpoint of %d: dropout randomness "
+                        "is reseeded", info.world_size, len(state["rng"]))
     return step, state.get("data") or {}
 
 
@@ -624,6 +626,19 @@ def _unreadable_images(data: Dataset, examples: int, info: DistInfo,
     if isinstance(data, IterableDataset):
         return _stream_corrupt_report(data, examples, device)
     return _corrupt_report(data, info, device)
+
+
+def _unreadable_message(report: CorruptReport, streaming: bool) -> str:
+    """What was skipped, what the run did instead, and how to train without (or on) them."""
+    if streaming:
+        done = ("Unreadable records were dropped where they were read. To train on them, "
+                "re-create the affected shards from the source (bitkit.data.streaming."
+                "write_shards).")
+    else:
+        done = ("Each was replaced in its batch by the next readable example, with that "
+                "example's own label. To train without them, repair or remove those files, or "
+                "call scan() and then without_corrupt() on the loaded dataset and train on that.")
+    return f"fit: training data: {report}. {done}"
 
 
 def _stream_corrupt_report(stream: IterableDataset, examples: int,
@@ -920,9 +935,3 @@ def _data_size(data: Dataset) -> int | str:
         return len(data)
     shards = getattr(data, "shards", None)
     return f"stream of {len(shards)} shards" if shards is not None else "stream"
-
-
-if __name__ == "__main__":  # the torchrun entry point: python -m bitkit.train --config run.yaml
-    from bitkit.runfile import main
-
-    sys.exit(main())
