@@ -95,6 +95,9 @@ def _notebook_options(p: argparse.ArgumentParser) -> None:
                    help=f"fail a cell that runs longer than this (default {DEFAULT_CELL_TIMEOUT})")
     p.add_argument("--kernel", default=KERNEL, help=f"Jupyter kernel name (default {KERNEL})")
     p.add_argument("--quiet", action="store_true", help="do not echo cell output while running")
+    p.add_argument("--tensorboard", metavar="DIR",
+                   help="also write every training run's TensorBoard event files under DIR "
+                   "(needs the tensorboard extra)")
 
 
 def _run(p: argparse.ArgumentParser) -> None:

@@ -50,6 +50,7 @@ RUN_WRITER = "bitkit.runs.run_notebook"
 DEFAULT_CELL_TIMEOUT = 3600  # seconds: a single cell longer than an hour is a hung cell
 RUN_DIR_ENV = "BITKIT_RUN_DIR"
 QUIET_ENV = "BITKIT_RUN_QUIET"
+TENSORBOARD_ENV = "BITKIT_TENSORBOARD"  # read by bitkit.train (which this module never imports)
 
 
 class NotebookFailed(RuntimeError):
@@ -283,12 +284,15 @@ def run_notebook(
     progress: bool = False,
     html: bool = True,
     env: Mapping[str, str] | None = None,
+    tensorboard: str | os.PathLike | None = None,
 ) -> RunResult:
     """Execute ``notebook`` with ``parameters`` into ``out_dir`` (default ``runs/<name>``).
 
     The kernel runs with the output folder as its working directory, so whatever the notebook
     writes (``metrics.json``, checkpoints, built datasets) lands next to the executed copy.
     Raises :class:`NotebookFailed` when a cell fails (after writing the executed copy and HTML).
+    ``tensorboard``: a folder where every training run of the notebook also writes TensorBoard
+    event files (``bitkit.train.TENSORBOARD_ENV``).
     """
     import papermill
 
@@ -309,8 +313,11 @@ def run_notebook(
                   legacy=_run_before_records)
     record_written(out, RUN_WRITER, outputs)
     _write_parameters(out / PARAMETERS, nb_path, params)
-    saved = {k: os.environ.get(k) for k in (RUN_DIR_ENV, QUIET_ENV, *(env or {}))}
-    os.environ.update({RUN_DIR_ENV: str(out), QUIET_ENV: "0" if progress else "1", **(env or {})})
+    env = dict(env or {})
+    if tensorboard is not None:
+        env[TENSORBOARD_ENV] = str(Path(tensorboard).resolve())
+    saved = {k: os.environ.get(k) for k in (RUN_DIR_ENV, QUIET_ENV, *env)}
+    os.environ.update({RUN_DIR_ENV: str(out), QUIET_ENV: "0" if progress else "1", **env})
     started = time.perf_counter()
     try:
         papermill.execute_notebook(str(nb_path), str(executed), parameters=params,
@@ -413,6 +420,8 @@ def sweep(notebook: str | os.PathLike, runs: Sequence[Mapping[str, Any]],
     for params, folder in zip(runs, run_dirs(out, runs), strict=True):
         row: dict[str, Any] = {"run": folder.name, **params}
         try:
+            if kwargs.get("tensorboard") is not None:  # one TensorBoard run folder per sweep run
+                kwargs = {**kwargs, "tensorboard": Path(kwargs["tensorboard"]) / folder.name}
             result = run_notebook(notebook, {**(fixed or {}), **params}, folder, **kwargs)
             row.update(status="ok", seconds=round(result.seconds, 1), **result.metrics)
         except NotebookFailed as e:
@@ -447,14 +456,17 @@ def summary_table(rows: Sequence[Mapping[str, Any]]) -> str:
 
 def sbatch_script(notebook: str | os.PathLike, runs: Sequence[Mapping[str, Any]],
                   out_dir: str | os.PathLike, *, gpus: int = 1, time_limit: str = "04:00:00",
-                  cpus: int = 8) -> str:
+                  cpus: int = 8, tensorboard: str | os.PathLike | None = None) -> str:
     """A SLURM array script: task ``i`` runs ``bitkit run`` with the parameters of run ``i``.
 
     Each run's parameters are written to ``out_dir/run-i/params.yaml`` by
     :func:`write_sbatch`; afterwards ``bitkit sweep --collect out_dir`` prints the table.
+    With ``tensorboard``, run ``i`` writes its event files under ``tensorboard/run-i``.
     """
     out = Path(out_dir).resolve()
     nb = Path(notebook).resolve()
+    tb = "" if tensorboard is None else (
+        f" --tensorboard \"{Path(tensorboard).resolve()}/$(basename \"$RUN\")\"")
     return "\n".join([
         "#!/bin/bash",
         f"#SBATCH --job-name=bitkit-{nb.stem}",
@@ -467,7 +479,7 @@ def sbatch_script(notebook: str | os.PathLike, runs: Sequence[Mapping[str, Any]]
         "set -euo pipefail",
         f"RUN=$(printf '{out}/run-%0{len(str(max(len(runs) - 1, 0)))}d' \"$SLURM_ARRAY_TASK_ID\")",
         f"{shlex.quote(sys.executable)} -m bitkit run {shlex.quote(str(nb))} "
-        "-f \"$RUN/params.yaml\" --out \"$RUN\"",
+        f"-f \"$RUN/params.yaml\" --out \"$RUN\"{tb}",
         "",
     ])
 
@@ -528,7 +540,8 @@ def run_command(args: argparse.Namespace) -> int:
     try:
         result = run_notebook(args.notebook, _pairs(args.parameter), args.out,
                               params_file=args.parameters_file, kernel=args.kernel,
-                              cell_timeout=args.cell_timeout, log_output=not args.quiet)
+                              cell_timeout=args.cell_timeout, log_output=not args.quiet,
+                              tensorboard=args.tensorboard)
     except NotebookFailed as e:
         print(f"bitkit run: {e}", file=sys.stderr)
         return 1
@@ -560,14 +573,16 @@ def sweep_command(args: argparse.Namespace) -> int:
     runs = _sweep_runs(args)
     fixed = {**(parse_value_file(args.parameters_file)), **_pairs(args.parameter)}
     if args.sbatch:
-        script = write_sbatch(args.notebook, runs, out, fixed=fixed, gpus=args.gpus)
+        script = write_sbatch(args.notebook, runs, out, fixed=fixed, gpus=args.gpus,
+                              tensorboard=args.tensorboard)
         print(f"wrote {script} ({len(runs)} array tasks). Submit: sbatch {script}\n"
               f"then: bitkit sweep {args.notebook} --collect --out {out}")
         return 0
     for params in runs:  # every run's parameters are checked before the first one starts
         resolve_parameters(args.notebook, {**fixed, **params})
     rows = sweep(args.notebook, runs, out, fixed=fixed, kernel=args.kernel,
-                 cell_timeout=args.cell_timeout, log_output=not args.quiet)
+                 cell_timeout=args.cell_timeout, log_output=not args.quiet,
+                 tensorboard=args.tensorboard)
     print(summary_table(rows))
     print(f"\n{len(rows)} run(s), {sum(r['status'] == 'ok' for r in rows)} ok -> "
           f"{out / 'summary.json'}")

@@ -28,6 +28,7 @@ with ``bitkit train --config run.yaml``, under torchrun as ``torchrun ... -m bit
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import os
@@ -56,6 +57,12 @@ from bitkit.hyperrule import Recipe, Schedule
 
 CHECKPOINT_FILE = "checkpoint.pt"
 METRICS_FILE = "metrics.jsonl"
+#: A folder here makes every ``fit`` also write TensorBoard event files, into
+#: ``<folder>/<out_dir's name>`` (or ``<folder>/<time>-<n>`` for a run without ``out_dir``):
+#: ``bitkit run NOTEBOOK --tensorboard DIR`` sets it for a lesson's kernel, so a papermill job
+#: on a GPU node can be followed in TensorBoard without editing the notebook.
+TENSORBOARD_ENV = "BITKIT_TENSORBOARD"
+_unnamed_runs = itertools.count()
 LossKind = Literal["auto", "softmax", "sigmoid"]
 
 logger = logging.getLogger(__name__)
@@ -762,6 +769,12 @@ def _observers(out: Path | None, config: TrainConfig, extra: Sequence[Observer])
         built_in.append(JsonlLogger(out / METRICS_FILE))
     if config.progress:
         built_in.append(ProgressBar())
+    if os.environ.get(TENSORBOARD_ENV):
+        from bitkit.events import TensorBoardLogger
+
+        name = out.name if out is not None else (
+            f"{time.strftime('%Y%m%d-%H%M%S')}-{next(_unnamed_runs)}")
+        built_in.append(TensorBoardLogger(Path(os.environ[TENSORBOARD_ENV]) / name, config))
     return [*built_in, *extra]
 
 

@@ -45,9 +45,11 @@ def f32(x):
     return float(np.float32(x))
 
 
-def assert_scalars_match_jsonl(acc, records):
+def assert_scalars_match_jsonl(acc, records, kinds=("step", "eval")):
     """Every step/eval metric in metrics.jsonl is a scalar at the same step, once, same value."""
     for kind, prefix in (("step", "train"), ("eval", "eval")):
+        if kind not in kinds:
+            continue
         rows = [r for r in records if r["kind"] == kind]
         for key in rows[0]["metrics"]:
             got = acc.Scalars(f"{prefix}/{key}")
@@ -173,3 +175,42 @@ def test_a_run_file_with_tensorboard_true_writes_into_its_out_dir(tmp_path):
     assert result.step == 3 and [s.step for s in acc.Scalars("train/loss")] == [1, 2, 3]
     assert_scalars_match_jsonl(acc, read_jsonl(out / "metrics.jsonl"))
     assert "R14x0.25" in text(acc, "run/config/text_summary")[0][1]  # the run file's own keys
+
+
+NOTEBOOK_FIT = """
+import torch
+from torch.utils.data import TensorDataset
+from bitkit.hyperrule import Schedule
+from bitkit.models import create
+from bitkit.train import TrainConfig, fit
+torch.manual_seed(0)
+data = TensorDataset(torch.randn(16, 3, 16, 16), torch.randint(0, 3, (16,)))
+fit(create("R14x0.25", num_classes=3), data,
+    TrainConfig(batch_size=8, progress=False, schedule=Schedule(0.1, 1, (), steps)),
+    out_dir="train")
+"""
+
+
+def test_bitkit_run_tensorboard_follows_every_fit_of_a_notebook(tmp_path):
+    """``bitkit run NB --tensorboard DIR``: a papermill job's runs show in TensorBoard."""
+    import nbformat
+    from nbformat.v4 import new_code_cell, new_notebook
+
+    from bitkit import cli, runs
+
+    nb = new_notebook(metadata={"kernelspec": {"name": "bitkit", "display_name": "bitkit",
+                                               "language": "python"}})
+    params = new_code_cell("steps = 2")
+    params.metadata["tags"] = ["parameters"]
+    nb.cells = [params, new_code_cell(NOTEBOOK_FIT)]
+    nbformat.write(nb, str(tmp_path / "fit.ipynb"))
+    assert cli.main(["run", str(tmp_path / "fit.ipynb"), "--out", str(tmp_path / "out"),
+                     "--tensorboard", str(tmp_path / "tb"), "--quiet"]) == 0
+    acc = read(tmp_path / "tb" / "train")  # named after the fit's out_dir
+    assert [s.step for s in acc.Scalars("train/loss")] == [1, 2]
+    assert_scalars_match_jsonl(acc, read_jsonl(tmp_path / "out" / "train" / "metrics.jsonl"),
+                               kinds=("step",))  # this fit has no eval data
+    assert runs.TENSORBOARD_ENV not in __import__("os").environ  # restored after the run
+    script = runs.sbatch_script(tmp_path / "fit.ipynb", [{}, {}], tmp_path / "s",
+                                tensorboard=tmp_path / "tb")
+    assert f'--tensorboard "{tmp_path / "tb"}/$(basename "$RUN")"' in script
