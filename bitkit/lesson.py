@@ -303,15 +303,14 @@ def _transfer_torchrun(task: str, start: models.ResNetV2 | str, processes: int, 
                        observers: tuple, *, train_size: int | None = None,
                        test_size: int | None = None, steps: int | None = None,
                        batch_size: int = 64, seed: int = 0, **train: Any) -> Any:
-    import shutil
-
     import torch
     import yaml
 
     from bitkit import checkpoint, hyperrule, runfile
     from bitkit.evaluate import predict
     from bitkit.experiments import TransferRun
-    from bitkit.train import CHECKPOINT_FILE, FitResult
+    from bitkit.fileio import atomic_write, atomic_write_text, clear_written, record_written
+    from bitkit.train import CHECKPOINT_FILE, METRICS_FILE, FitResult
 
     if train_size is not None:
         raise ParameterError(f"parameter train_size = {train_size!r}: runs with processes > 1 "
@@ -322,13 +321,19 @@ def _transfer_torchrun(task: str, start: models.ResNetV2 | str, processes: int, 
         recipe = recipe.shortened(steps)
     if raw.card.resolution is not None:
         recipe = recipe.at_resolution(*raw.card.resolution, why="the card's teaching resolution")
-    if out.exists():
-        shutil.rmtree(out)  # a fresh run; resuming is for the same job, not a rerun
-    out.mkdir(parents=True)
+    # A fresh run (resuming is for the same job, not a rerun), in a folder that may be the
+    # user's: only what an earlier run of this function recorded writing there is removed. Other
+    # files stay, since they cannot be mistaken for this run's (the run reads and writes only the
+    # names below); an unrecorded file of one of those names (a one-process run's checkpoint, a
+    # user's) is refused, never deleted -- the trainer would resume from it or overwrite it.
+    outputs = ["start.pt", "run.yaml", "launch.log", METRICS_FILE, CHECKPOINT_FILE]
+    clear_written(out, TORCHRUN_WRITER, what="a torchrun lesson run", outputs=outputs,
+                  legacy=lambda folder: _torchrun_before_records(folder, outputs))
+    record_written(out, TORCHRUN_WRITER, outputs)
     if isinstance(start, str):
         torch.manual_seed(seed)
         start = models.create(start, num_classes=raw.num_classes)
-    torch.save(start.state_dict(), out / "start.pt")
+    atomic_write(out / "start.pt", lambda f: torch.save(start.state_dict(), f))
     train = {k: v for k, v in train.items() if k != "resume"}
     spec = {"model": start.name, "weights": str(out / "start.pt"), "num_classes": raw.num_classes,
             "train_data": f"{task}:train", "out_dir": str(out), "recipe": "hyperrule",
@@ -336,7 +341,7 @@ def _transfer_torchrun(task: str, start: models.ResNetV2 | str, processes: int, 
             "resolution": [recipe.resize, recipe.crop],
             "train": {"schedule": recipe.schedule.to_dict(), "seed": seed,
                       "progress": False, **train}}
-    (out / "run.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    atomic_write_text(out / "run.yaml", yaml.safe_dump(spec, sort_keys=False))
     job = runfile.launch(out / "run.yaml", nproc_per_node=processes)
     job.follow(list(observers))
     state = checkpoint.load(out / CHECKPOINT_FILE)
@@ -350,3 +355,22 @@ def _transfer_torchrun(task: str, start: models.ResNetV2 | str, processes: int, 
                      class_names=raw.class_names)
     result = FitResult(step=int(state["step"]), reason=f"torchrun x {processes}")
     return TransferRun(task, len(raw), net, recipe, result, report)
+
+
+#: How :func:`_transfer_torchrun` signs its files in ``.bitkit-written.json`` (bitkit.fileio).
+TORCHRUN_WRITER = "bitkit.lesson.transfer"
+
+
+def _torchrun_before_records(out: Path, outputs: list[str]) -> list[str]:
+    """A folder this function filled before it kept records: its ``run.yaml`` is ours, i.e. a
+    run file whose ``out_dir`` is this very folder and whose weights are its ``start.pt``."""
+    import yaml
+
+    try:
+        spec = yaml.safe_load((out / "run.yaml").read_text())
+        ours = (isinstance(spec, dict) and spec.get("recipe") == "hyperrule"
+                and Path(spec["out_dir"]).resolve() == out.resolve()
+                and Path(spec["weights"]).resolve() == (out / "start.pt").resolve())
+    except (OSError, ValueError, KeyError, TypeError, yaml.YAMLError):
+        return []
+    return outputs if ours else []

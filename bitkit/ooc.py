@@ -17,9 +17,11 @@ positions that keep the object inside, drawn from ``(seed, foreground id, backgr
 
 Output: ``images/*.png`` plus ``metadata.jsonl`` (the layout of an HF ``imagefolder``, so
 ``datasets.load_dataset("imagefolder", data_dir=...)`` reads it) and the same data saved as an HF
-``Dataset`` in ``hf/``. One metadata record per image: foreground id, class and source, background
-id, crop box, licenses and attributions, scale, position, blend, seed, bitkit version. Every step
-is deterministic (PNG written without timestamps), so the same inputs and seed give the same bytes.
+``Dataset`` in ``hf/``; ``.bitkit-written.json`` lists those files, so that a rebuild with
+``overwrite=True`` removes them and nothing else (a folder holding other files is refused).
+One metadata record per image: foreground id, class and source, background id, crop box,
+licenses and attributions, scale, position, blend, seed, bitkit version. Every step is
+deterministic (PNG written without timestamps), so the same inputs and seed give the same bytes.
 
 Evaluation (:func:`evaluate_ooc`): top-1 on the IID test set vs on the OOC set for one or more
 models -- the numbers behind supplementary Fig. 5 (right), whose plot lives in the widgets.
@@ -29,7 +31,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,12 +45,15 @@ from torch.utils.data import Dataset
 
 import bitkit
 from bitkit.evaluate import Data, Report, predict
-from bitkit.fileio import atomic_write_text
+from bitkit.fileio import atomic_write_text, clear_written, record_written
 
 #: Supplementary F.1: the object's longest side is 80% of the background width.
 OBJECT_FRACTION = 0.8
 PLACEMENTS = ("center", "random")
 BLENDS = ("none", "gaussian")
+#: How :func:`build` signs the files it writes in ``.bitkit-written.json`` (bitkit.fileio).
+BUILD_WRITER = "bitkit.ooc.build"
+_HF_FILES = ("hf/state.json", "hf/dataset_info.json")
 
 
 class OOCInputError(ValueError):
@@ -299,6 +304,14 @@ def build(foregrounds: Sequence[Foreground], backgrounds: Sequence[Background],
     Writes ``images/00000.png ...`` and ``metadata.jsonl`` (HF imagefolder layout), and with
     ``hf=True`` the same rows as an HF ``Dataset`` in ``hf/`` (``datasets.load_from_disk``).
     Returns the metadata records, in file order (foreground-major).
+
+    ``out_dir`` must be new, empty, or a dataset this function built: a folder holding anything
+    else (a ``notes.txt`` of yours, another dataset) is refused with
+    :class:`~bitkit.fileio.ForeignFilesError`, which names a few of those files, and nothing is
+    touched. ``overwrite=True`` replaces a dataset built here before: it removes exactly the
+    files that build recorded writing (``.bitkit-written.json``; for a folder built before such
+    records, the files its ``metadata.jsonl`` names), never the folder or anything else.
+    Without it such a folder raises ``FileExistsError``.
     """
     from tqdm.auto import tqdm
 
@@ -307,13 +320,21 @@ def build(foregrounds: Sequence[Foreground], backgrounds: Sequence[Background],
     _unique([f.id for f in foregrounds], "foreground")
     _unique([b.id for b in backgrounds], "background")
     out = Path(out_dir)
+    # A dataset folder must hold the dataset and nothing else: a stray file would be read as part
+    # of it (imagefolder reads every image under it), and a folder of the user's is never ours to
+    # empty. So foreign files are refused (before anything is removed), not worked around.
     if out.exists() and any(out.iterdir()):
-        if not overwrite:
-            raise FileExistsError(f"{out} is not empty; choose a new folder or pass overwrite=True")
-        shutil.rmtree(out)
-    (out / "images").mkdir(parents=True)
-    records = []
+        ours = clear_written(out, BUILD_WRITER, what="an OOC dataset",
+                             legacy=_built_before_records, remove=False)
+        if ours and not overwrite:
+            raise FileExistsError(f"{out} holds an OOC dataset built before; choose a new folder "
+                                  "or pass overwrite=True to replace it")
+        clear_written(out, BUILD_WRITER, what="an OOC dataset", legacy=_built_before_records)
     combos = [(f, b) for f in foregrounds for b in backgrounds]
+    record_written(out, BUILD_WRITER, [*(f"images/{n:05d}.png" for n in range(len(combos))),
+                                       "metadata.jsonl"])
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    records = []
     for n, (f, b) in enumerate(tqdm(combos, desc="ooc", disable=not progress, leave=False)):
         image, rec = compose(f, b, output_size=output_size, placement=placement, blend=blend,
                              feather=feather, seed=seed)
@@ -336,14 +357,39 @@ def _save_hf(out: Path, records: list[dict[str, Any]], progress: bool) -> None:
     columns["image"] = [{"bytes": (out / r["file_name"]).read_bytes(),
                          "path": Path(r["file_name"]).name} for r in records]
     ds = datasets.Dataset.from_dict(columns).cast_column("image", datasets.Image())
+    # The shard count of datasets' default (500 MB shards), fixed here so that every file of
+    # hf/ is known, and recorded, before it is written.
+    shards = min(len(ds), int(ds.data.nbytes / 500e6) + 1)
+    record_written(out, BUILD_WRITER, [*_HF_FILES, *(
+        f"hf/data-{i:05d}-of-{shards:05d}.arrow" for i in range(shards))])
     was_enabled = not datasets.utils.are_progress_bars_disabled()
     if not progress:
         datasets.utils.disable_progress_bars()
     try:
-        ds.save_to_disk(str(out / "hf"))
+        ds.save_to_disk(str(out / "hf"), num_shards=shards)
     finally:
         if was_enabled:
             datasets.utils.enable_progress_bars()
+
+
+def _built_before_records(out: Path) -> list[str]:
+    """The files of a dataset :func:`build` wrote before it kept ``.bitkit-written.json``:
+    ``metadata.jsonl`` whose every record is one of ours, the images it names (only
+    ``images/NNNNN.png``) and datasets' files in ``hf/``. Nothing when in doubt."""
+    try:
+        records = read_records(out)
+    except (OSError, ValueError):
+        return []
+    ours = {"bitkit_version", "fg_id", "bg_id", "file_name", "crop_box"}
+    if not records or not all(isinstance(r, dict) and ours <= set(r) for r in records):
+        return []
+    images = [r["file_name"] for r in records]
+    if not all(isinstance(f, str) and re.fullmatch(r"images/\d{5}\.png", f) for f in images):
+        return []
+    hf = [f"hf/{p.name}" for p in (out / "hf").glob("*")
+          if p.name in ("state.json", "dataset_info.json")
+          or re.fullmatch(r"data-\d{5}-of-\d{5}\.arrow", p.name)]
+    return ["metadata.jsonl", *images, *hf]
 
 
 def read_records(path: str | Path) -> list[dict[str, Any]]:

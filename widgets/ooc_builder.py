@@ -19,6 +19,7 @@ import ipywidgets as W
 import numpy as np
 
 from bitkit import ooc
+from bitkit.fileio import ForeignFilesError
 from widgets._common import Panel, guarded, heading, img_tag, section, table
 
 #: World masks are soft alpha (0..255); ``bitkit.ooc`` wants binary masks, thresholded here.
@@ -74,7 +75,11 @@ class OOCBuilder(Panel):
                                         description="Backgrounds", rows=6, style=style)
         self.out_dir = W.Text(value=str(out_dir), description="Folder", style=style,
                               layout=W.Layout(width="420px"))
-        self.overwrite = W.Checkbox(value=False, description="overwrite", indent=False)
+        # Replaces only a dataset built here before (its recorded files); a folder holding
+        # anything else is refused whatever this says (bitkit.ooc.build).
+        self.overwrite = W.Checkbox(value=False, description="overwrite", indent=False,
+                                    tooltip="replace the dataset built in this folder before; "
+                                    "a folder with other files is never emptied")
         self.save_hf = W.Checkbox(value=False, description="also save as HF dataset (hf/)",
                                   indent=False)
         self.build_button = W.Button(description="Build dataset", icon="cogs",
@@ -202,10 +207,13 @@ class OOCBuilder(Panel):
             self.built = ooc.build(fgs, bgs, self.out_dir.value, hf=self.save_hf.value,
                                    overwrite=self.overwrite.value, progress=False,
                                    **self._options())
+        except ForeignFilesError:  # files of someone else's: 'overwrite' would not help
+            self.result.value = ""
+            raise
         except FileExistsError:
             self.result.value = ""
-            raise FileExistsError(f"{self.out_dir.value} is not empty: tick 'overwrite' or choose "
-                                  "another folder") from None
+            raise FileExistsError(f"{self.out_dir.value} holds a dataset built before: tick "
+                                  "'overwrite' to replace it, or choose another folder") from None
         except BaseException:
             self.result.value = ""
             raise
