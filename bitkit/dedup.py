@@ -51,7 +51,7 @@ from torch import nn
 
 import bitkit
 from bitkit import pixel_match
-from bitkit.evaluate import Data, Report, _dataset_of, _features_fn, example_ids, run_model
+from bitkit.evaluate import Data, Report, dataset_of, example_ids, pre_logits, run_model
 from bitkit.fileio import load_npz, save_npz
 
 #: The duplicate threshold on the pixel score (:mod:`bitkit.pixel_match`): aligned at the best
@@ -108,7 +108,7 @@ def _embed_batches(model: nn.Module, data: Data, *, batch_size: int, num_workers
                    ) -> Iterator[tuple[torch.Tensor, list[str], torch.Tensor | None]]:
     """(unit pre-logits, image hashes, uint8 thumbnails or None) batch by batch, on the model's
     device."""
-    for f, _, images in run_model(model, data, _features_fn, batch_size=batch_size,
+    for f, _, images in run_model(model, data, pre_logits, batch_size=batch_size,
                                   num_workers=num_workers, progress=progress, desc=desc):
         yield (F.normalize(f.float(), dim=1), [image_hash(img) for img in images],
                pixel_match.thumbnails(images.to(f.device)) if thumbnails else None)
@@ -371,8 +371,10 @@ class VerifiedTopK:
 # --------------------------------------------------------------------------------------------
 
 
-def _pair_key(pair: Any) -> tuple[str, str]:
-    """(downstream_id, upstream_id) from a tuple or an object with those attributes."""
+def pair_key(pair: Any) -> tuple[str, str]:
+    """``(downstream_id, upstream_id)`` of a known pair: a ``(downstream_id, upstream_id)``
+    tuple or an object with those attributes (``bitkit.data.world.DuplicatePair``). Ground truth
+    given in either form is matched to a report's pairs by this key."""
     if hasattr(pair, "downstream_id") and hasattr(pair, "upstream_id"):
         return str(pair.downstream_id), str(pair.upstream_id)
     d, u = pair
@@ -457,7 +459,7 @@ class DuplicateReport:
         detector errors); ``false_positives``: the other flagged pairs; ``missed``: known pairs
         not flagged, with their score when the search kept them as a neighbour (else None).
         """
-        gt = {_pair_key(p): p for p in ground_truth}
+        gt = {pair_key(p): p for p in ground_truth}
         out: dict[str, list[dict[str, Any]]] = {"found": [], "look_alikes": [],
                                                 "false_positives": [], "missed": []}
         flagged = set()
@@ -539,7 +541,7 @@ class DuplicateReport:
 
 def _ids_at(data: Data, positions: np.ndarray) -> np.ndarray:
     """Ids of the upstream examples at these positions, without listing the whole upstream set."""
-    ds = _dataset_of(data)
+    ds = dataset_of(data)
     out = np.full(positions.shape, "", dtype=object)
     ok = positions >= 0
     if callable(getattr(ds, "example_id", None)):

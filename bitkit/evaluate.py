@@ -71,7 +71,8 @@ def _as_loader(data: Data, batch_size: int, num_workers: int, device: torch.devi
                       pin_memory=device.type == "cuda")
 
 
-def _dataset_of(data: Data) -> Dataset:
+def dataset_of(data: Data) -> Dataset:
+    """The dataset behind ``data``: a ``DataLoader``'s ``dataset``, or ``data`` itself."""
     return data.dataset if isinstance(data, DataLoader) else data
 
 
@@ -81,7 +82,7 @@ def example_ids(data: Data) -> np.ndarray:
     ``torch.utils.data.Subset`` is followed to its parent so a few-shot subset keeps the ids of
     the full split (error analysis and duplicate reports refer to examples by id).
     """
-    ds = _dataset_of(data)
+    ds = dataset_of(data)
     n = len(ds)
     if isinstance(ds, Subset):
         parent = example_ids(ds.dataset)
@@ -130,6 +131,8 @@ def run_model(
     desc: str = "predict",
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
     """Yield ``(fn(model, x), targets, raw_images)`` batch by batch, in dataset order.
+
+    ``fn`` is e.g. :func:`pre_logits` (features) or ``lambda model, x: model(x)`` (logits).
 
     Runs without gradients in eval mode on the model's device and dtype; the model's train/eval
     mode is restored afterwards. ``raw_images`` are the images as the data gave them (used by the
@@ -548,7 +551,7 @@ def predict(
     device; only its per-example results (and the logits, when kept) are copied to the CPU, so a
     GPU does the top-k over 21k classes.
     """
-    ds = _dataset_of(data)
+    ds = dataset_of(data)
     names = class_names if class_names is not None else getattr(ds, "class_names", None)
     parts: list[Report] = []
     for logits, targets, _ in run_model(model, data, _logits_fn, batch_size=batch_size,
@@ -579,7 +582,7 @@ def predict(
 def _unreadable_rows(data: Data, ids: np.ndarray, what: str) -> np.ndarray | None:
     """Rows of examples flagged unreadable during the pass (their rows show a substitute, see
     ``bitkit.data.corrupt``), or None when there are none; says so on stderr."""
-    bad = unreadable(_dataset_of(data))
+    bad = unreadable(dataset_of(data))
     if bad is None or not bad.any():
         return None
     shown = ", ".join(ids[bad][:20])
@@ -605,7 +608,9 @@ class Features:
         return len(self.ids)
 
 
-def _features_fn(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+def pre_logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``model.features(x)``, the pre-logits of a batch: the ``fn`` of :func:`run_model` for
+    features (here and in ``bitkit.dedup``). A model without ``features`` gets a clear error."""
     if not callable(getattr(model, "features", None)):
         raise TypeError(f"{type(model).__name__} has no .features(x) method giving pre-logits; "
                         "use a bitkit.models model")
@@ -623,7 +628,7 @@ def extract_features(
 ) -> Features:
     """Pre-logits ``model.features(x)`` of every example (L2-normalised if ``normalize``)."""
     feats, targets = [], []
-    for f, t, _ in run_model(model, data, _features_fn, batch_size=batch_size,
+    for f, t, _ in run_model(model, data, pre_logits, batch_size=batch_size,
                              num_workers=num_workers, progress=progress, desc="features"):
         f = f.float()
         feats.append((F.normalize(f, dim=1) if normalize else f).cpu().numpy())

@@ -28,7 +28,7 @@ import ipywidgets as W
 import numpy as np
 import plotly.graph_objects as go
 
-from bitkit.dedup import DuplicateReport, _pair_key
+from bitkit.dedup import DuplicateReport, pair_key
 from widgets._common import (
     ImageLookup,
     Panel,
@@ -79,7 +79,7 @@ class DuplicateInspector(Panel):
                             f"{type(report).__name__}")
         self.report, self.page_size, self.thumb = report, page_size, thumb
         self.score_label = "pixel score" if report.score_name == "pixel" else "cosine"
-        self.truth = None if ground_truth is None else {_pair_key(p) for p in ground_truth}
+        self.truth = None if ground_truth is None else {pair_key(p) for p in ground_truth}
         self._down = ImageLookup(downstream) if downstream is not None else None
         self._up = ImageLookup(upstream) if upstream is not None else None
         self.path = None if marks is None else Path(marks)
