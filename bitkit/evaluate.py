@@ -14,8 +14,9 @@ BiT's preprocessing does (``x / 127.5 - 1``; no resize). The target is a class i
 float vector for multi-label data (ImageNet-21k, JFT: paper 3.1). Example ids come from the
 dataset's ``ids`` attribute or ``example_id(i)`` method (``Subset`` is followed), else the index.
 An example whose image cannot be decoded (file-backed data: ``bitkit.data.corrupt``) is left out
-of the result, counted in its ``meta`` (``unreadable_skipped``, ``unreadable_ids``) and reported on
-stderr: the loader yields a readable neighbour in its place, which must not be scored twice.
+of the result, counted in its ``meta`` (``unreadable_skipped``, ``unreadable_ids``) and named in an
+``UnreadableImagesWarning``: the loader yields a readable neighbour in its place, which must not be
+scored twice.
 
 Multi-label convention: an example is top-k correct when *any* of its k highest-scoring classes is
 one of its positive labels (the "precision@1" convention used for multi-label ImageNet-21k/JFT
@@ -27,7 +28,6 @@ mistakes and are left out of the confusion matrix.
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,7 +41,7 @@ from torch.utils.data import DataLoader, Dataset, SequentialSampler, Subset
 from tqdm.auto import tqdm
 
 import bitkit
-from bitkit.data.corrupt import unreadable
+from bitkit.data.corrupt import unreadable, warn_unreadable
 from bitkit.fileio import load_npz, save_npz
 
 Data = Dataset | DataLoader
@@ -581,13 +581,13 @@ def predict(
 
 def _unreadable_rows(data: Data, ids: np.ndarray, what: str) -> np.ndarray | None:
     """Rows of examples flagged unreadable during the pass (their rows show a substitute, see
-    ``bitkit.data.corrupt``), or None when there are none; says so on stderr."""
+    ``bitkit.data.corrupt``), or None when there are none; says so in a warning that points at
+    the caller of ``predict`` / ``extract_features``."""
     bad = unreadable(dataset_of(data))
     if bad is None or not bad.any():
         return None
-    shown = ", ".join(ids[bad][:20])
-    print(f"{what}: left out {int(bad.sum())} of {len(bad)} example(s) whose image could not be "
-          f"decoded: {shown}{' ...' if bad.sum() > 20 else ''}", file=sys.stderr)
+    warn_unreadable(f"{what}: left out {int(bad.sum())} of {len(bad)} example(s) whose image "
+                    "could not be decoded", ids[bad].tolist(), stacklevel=3)
     return bad
 
 

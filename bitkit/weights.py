@@ -34,7 +34,7 @@ import torch
 from bitkit.fileio import atomic_write
 from bitkit.resnetv2 import CONFIGS, RELEASED_SIZES, ResNetV2
 
-log = logging.getLogger("bitkit.weights")
+log = logging.getLogger(__name__)
 
 RELEASE_URL = "https://storage.googleapis.com/bit_models"
 NPZ_PREFIX = "resnet/"

@@ -197,24 +197,28 @@ def test_a_misspelt_path_suggests_its_siblings(tmp_path):
         load(str(tmp_path / "nofolder" / "x"), "train")
 
 
-def test_evaluation_leaves_out_unreadable_images_and_says_so(cifar_like, capsys):
+def test_evaluation_leaves_out_unreadable_images_and_says_so(cifar_like):
     """A substitute (the next readable image) must not be scored under the broken example's
     id: predict and extract_features drop those rows and count them."""
     from bitkit.data import kshot, preprocess
+    from bitkit.data.corrupt import UnreadableImagesWarning
     from bitkit.evaluate import extract_features, predict
     from bitkit.models import create
 
     raw = load("cifar10", "train", path=cifar_like)   # 4 and 5 are corrupt
     model = create("R14x0.25", num_classes=10)
-    report = predict(model, preprocess(raw, train=False, resize=32, crop=32), progress=False)
+    with pytest.warns(UnreadableImagesWarning, match=r"predict: left out 2 of 30 example\(s\)") as rec:
+        report = predict(model, preprocess(raw, train=False, resize=32, crop=32), progress=False)
+    assert "cifar10:train:4, cifar10:train:5. To find all of them up front, call scan()" in str(
+        rec[0].message)
     assert len(report) == 28 and "cifar10:train:4" not in report.ids
     assert report.ids.tolist() == [f"cifar10:train:{i}" for i in range(30) if i not in (4, 5)]
     assert report.targets.tolist() == [i % 10 for i in range(30) if i not in (4, 5)]
     assert report.meta["unreadable_skipped"] == 2
     assert report.meta["unreadable_ids"] == ["cifar10:train:4", "cifar10:train:5"]
-    assert "predict: left out 2 of 30 example(s)" in capsys.readouterr().err
-    feats = extract_features(model, preprocess(raw, train=False, resize=32, crop=32),
-                             progress=False)
+    with pytest.warns(UnreadableImagesWarning, match="extract_features: left out 2 of 30"):
+        feats = extract_features(model, preprocess(raw, train=False, resize=32, crop=32),
+                                 progress=False)
     assert len(feats) == 28 and feats.targets.tolist() == report.targets.tolist()
     # fit's periodic evaluation scores the same 28 examples (a fresh copy: nothing flagged yet)
     from bitkit.hyperrule import Schedule
@@ -231,15 +235,18 @@ def test_evaluation_leaves_out_unreadable_images_and_says_so(cifar_like, capsys)
     assert len(clean) == 10 and "unreadable_skipped" not in clean.meta
 
 
-def test_materialising_leaves_out_unreadable_images(cifar_like, tmp_path, capsys):
+def test_materialising_leaves_out_unreadable_images(cifar_like, tmp_path):
+    from bitkit.data.corrupt import UnreadableImagesWarning
     from bitkit.data.streaming import ShardStream, write_shards
 
     raw = load("cifar10", "train", path=cifar_like)
-    hf = to_hf(raw, progress=False)
+    with pytest.warns(UnreadableImagesWarning,
+                      match=r"to_hf\(cifar10\): left out 2 unreadable image\(s\)"):
+        hf = to_hf(raw, progress=False)
     assert len(hf) == 28 and "cifar10:train:4" not in hf["id"]
     assert hf["label"] == [i % 10 for i in range(30) if i not in (4, 5)]
-    assert "to_hf(cifar10): left out 2 unreadable image(s)" in capsys.readouterr().err
-    paths = write_shards(raw, tmp_path, shard_size=4, progress=False)
+    with pytest.warns(UnreadableImagesWarning, match="write_shards.*: left out 2 unreadable"):
+        paths = write_shards(raw, tmp_path, shard_size=4, progress=False)
     assert len(paths) == 8  # indices 4-5 are gone, 6-7 still make shard 1
     stream = ShardStream(paths, num_classes=10, buffer_size=0)
     assert [y for _, y in stream] == [i % 10 for i in range(30) if i not in (4, 5)]

@@ -20,9 +20,10 @@ of one JPEG is unacceptable. The design, and why it works with ``DataLoader`` wo
   is exactly balanced and its labels are those of the images it yields.
 - Evaluation must not count a substitute twice: ``evaluate.predict`` and
   ``extract_features`` drop the rows of examples flagged during their pass (:func:`unreadable`
-  maps any wrapper's positions to the flags) and say how many in the result's ``meta`` and on
-  stderr. ``dataset.scan()`` flags every unreadable example up front, and
-  ``dataset.without_corrupt()`` is the readable rest, for code that needs a clean set first.
+  maps any wrapper's positions to the flags) and say how many in the result's ``meta`` and in
+  an :class:`UnreadableImagesWarning`. ``dataset.scan()`` flags every unreadable example up
+  front, and ``dataset.without_corrupt()`` is the readable rest, for code that needs a clean
+  set first.
 - Streaming (``bitkit.data.streaming``): an unreadable record is dropped and counted per worker;
   a shard that cannot be read to its end (truncated, not a tar) is counted as broken, its
   readable records kept, and the stream goes on with the next shard.
@@ -31,7 +32,7 @@ of one JPEG is unacceptable. The design, and why it works with ``DataLoader`` wo
 from __future__ import annotations
 
 import io
-import sys
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -42,6 +43,30 @@ from PIL import Image
 
 #: How many consecutive unreadable examples a lookup skips before deciding the data is broken.
 MAX_CONSECUTIVE = 64
+
+#: What a warning about left-out images tells the user to do about them.
+FIX_HINT = ("To find all of them up front, call scan() on the split bitkit.data.load returned; "
+            "its without_corrupt() is then the readable rest. To keep these examples, replace "
+            "their files (an interrupted download?) with readable images; to drop them for good, "
+            "delete them.")
+
+
+class UnreadableImagesWarning(UserWarning):
+    """Examples whose image could not be decoded were left out of a result or a copy.
+
+    The message says who left them out, how many, the first ids and how to find and fix the
+    files (:data:`FIX_HINT`). A warning, not an error, by design (module docstring); silence it
+    with ``warnings.filterwarnings("ignore", category=UnreadableImagesWarning)``.
+    """
+
+
+def warn_unreadable(summary: str, ids: Sequence[str], *, stacklevel: int = 2) -> None:
+    """Warn that examples were left out: ``summary`` (who left out how many), the first 20 of
+    ``ids`` and :data:`FIX_HINT`, as an :class:`UnreadableImagesWarning`. ``stacklevel`` counts
+    from the caller, as in ``warnings.warn``."""
+    shown = ", ".join(ids[:20]) + (" ..." if len(ids) > 20 else "")
+    warnings.warn(f"{summary}: {shown}. {FIX_HINT}", UnreadableImagesWarning,
+                  stacklevel=stacklevel + 1)
 
 
 @dataclass(frozen=True)
@@ -131,7 +156,8 @@ def readable_items(dataset: Any, indices: Sequence[int], what: str,
                    batch_size: int = 256) -> Iterator[tuple[int, Any, Any]]:
     """``(index, image, target)`` of each of ``indices`` whose image decodes, fetched a batch at
     a time; an unreadable one (whose lookup yields a neighbour in its place) is left out, and
-    the count and first ids go to stderr at the end, under ``what``. For writing a dataset
+    an :class:`UnreadableImagesWarning` gives the count and first ids at the end, under
+    ``what``. For writing a dataset
     out (``to_hf``, ``write_shards``): a copy must not hold a neighbour under another id."""
     skipped: list[str] = []
     get = getattr(dataset, "__getitems__", None)
@@ -147,8 +173,9 @@ def readable_items(dataset: Any, indices: Sequence[int], what: str,
                 continue
             yield i, image, target
     if skipped:
-        print(f"{what}: left out {len(skipped)} unreadable image(s): "
-              f"{', '.join(skipped[:20])}{' ...' if len(skipped) > 20 else ''}", file=sys.stderr)
+        # stacklevel 1: this generator's callers are tqdm and datasets, not the user's code
+        warn_unreadable(f"{what}: left out {len(skipped)} unreadable image(s)", skipped,
+                        stacklevel=1)
 
 
 def decode(value: object) -> Image.Image | None:
