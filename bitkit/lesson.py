@@ -14,12 +14,13 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from bitkit import data, models
+from bitkit import data, inputs, models
 from bitkit.data.cards import UnknownDataset
+from bitkit.inputs import Invalid
 
 RUN_DIR_ENV = "BITKIT_RUN_DIR"
 QUIET_ENV = "BITKIT_RUN_QUIET"
@@ -30,7 +31,7 @@ METRICS = "metrics.json"
 PLOTLY_RENDERER = "plotly_mimetype+notebook"
 
 
-class ParameterError(ValueError):
+class ParameterError(inputs.InputError):
     """A notebook parameter has a value that cannot work; the message says which and why."""
 
 
@@ -51,163 +52,151 @@ def progress() -> bool:
 # --------------------------------------------------------------------------------------------
 
 
-def _fail(name: str, value: Any, why: str) -> ParameterError:
-    return ParameterError(f"parameter {name} = {value!r}: {why} (set it in the parameters cell, "
-                          f"or `bitkit run NOTEBOOK -p {name} VALUE`)")
+# Each check is a bitkit.inputs rule (value -> value, raising inputs.Invalid), the same checker
+# run files, data cards and TrainConfig use; check_parameters turns a failure into the
+# notebook's message.
+_whole = inputs.integer
 
 
-def _int(name: str, value: Any, low: int = 1, high: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise _fail(name, value, f"must be a whole number >= {low}")
-    if value < low or (high is not None and value > high):
-        rng = f"in {low}..{high}" if high is not None else f">= {low}"
-        raise _fail(name, value, f"must be {rng}")
-    return value
-
-
-def _ints(name: str, value: Any, low: int = 0) -> list[int]:
-    if isinstance(value, int) and not isinstance(value, bool):
-        value = [value]
-    if not isinstance(value, (list, tuple)) or not value:
-        raise _fail(name, value, "must be a non-empty list of whole numbers, e.g. [1, 5, 10]")
-    return [_int(name, v, low) for v in value]
-
-
-def _task(name: str, value: Any) -> str:
+def _task(value: Any) -> str:
     """A card name or a local dataset path that ``bitkit.data.load`` can open."""
     if not isinstance(value, str) or not value:
-        raise _fail(name, value, "must be a dataset card name (`bitkit cards`) or a local path")
+        raise Invalid("a dataset card name (`bitkit cards`) or a local path", value)
     if os.sep in value or value.startswith((".", "~")) or Path(value).expanduser().exists():
         if not Path(value).expanduser().exists():
-            raise _fail(name, value, "no such file or folder")
+            raise Invalid("", problem="no such file or folder")
         return value
     try:
         card = data.get_card(value)
     except UnknownDataset as e:  # its str() is the message: the closest names, `bitkit cards`
-        raise _fail(name, value, str(e)) from None
+        raise Invalid("", problem=str(e)) from None
     if not card.available:
-        raise _fail(name, value, f"{card.title} cannot be loaded ({card.source.kind}); pick a "
-                    "member dataset or another card")
+        raise Invalid("", problem=f"{card.title} cannot be loaded ({card.source.kind}); pick a "
+                      "member dataset or another card")
     if card.num_classes is None or card.multi_label:
-        raise _fail(name, value, "lessons fine-tune single-label classification tasks")
+        raise Invalid("", problem="lessons fine-tune single-label classification tasks")
     return value
 
 
-def _tasks(name: str, value: Any) -> list[str]:
-    if isinstance(value, str):
-        value = [value]
-    if not isinstance(value, (list, tuple)) or not value:
-        raise _fail(name, value, "must be a list of dataset card names or local paths")
-    return [_task(name, v) for v in value]
-
-
-def _model(name: str, value: Any) -> str:
+def _model(value: Any) -> str:
     try:
         models.get_config(str(value))
     except ValueError as e:
-        raise _fail(name, value, str(e)) from None
+        raise Invalid("", problem=str(e)) from None
     return str(value)
 
 
-def _weights(name: str, value: Any) -> str | None:
+def _weights(value: Any) -> str | None:
     if value in (None, ""):
         return None
     p = Path(str(value)).expanduser()
     if not p.is_file():
-        raise _fail(name, value, "no such file; download a released checkpoint, e.g. "
-                    "https://storage.googleapis.com/bit_models/BiT-M-R50x1.npz, and give its path "
-                    "(or None to pre-train on the embedded upstream world)")
+        raise Invalid("", problem="no such file; download a released checkpoint, e.g. "
+                      "https://storage.googleapis.com/bit_models/BiT-M-R50x1.npz, and give its "
+                      "path (or None to pre-train on the embedded upstream world)")
     if p.suffix not in (".npz", ".safetensors", ".pt", ".pth"):
-        raise _fail(name, value, "must be a .npz (released BiT), .safetensors or .pt file")
+        raise Invalid("a .npz (released BiT), .safetensors or .pt file", value)
     return str(p)
 
 
-def _upstream(name: str, value: Any) -> str:
+def _upstream(value: Any) -> str:
     try:
         card = data.get_card(str(value))
     except UnknownDataset as e:  # its str() is the message: the closest names, `bitkit cards`
-        raise _fail(name, value, str(e)) from None
+        raise Invalid("", problem=str(e)) from None
     if card.group != "embedded-upstream":
-        raise _fail(name, value, "lessons pre-train on an embedded upstream world "
-                    f"({', '.join(data.list_cards('embedded-upstream'))}); for a real upstream "
-                    "use released weights instead (parameter weights)")
+        raise Invalid("", problem="lessons pre-train on an embedded upstream world "
+                      f"({', '.join(data.list_cards('embedded-upstream'))}); for a real upstream "
+                      "use released weights instead (parameter weights)")
     return str(value)
 
 
-def _processes(name: str, value: Any) -> int:
-    n = _int(name, value, 1)
+def _processes(value: Any) -> int:
+    n = _whole(1)(value)
     if n > 1:
         import torch
 
         gpus = torch.cuda.device_count()
         if gpus and n > gpus:
-            raise _fail(name, value, f"this machine has {gpus} GPU(s); use at most that many "
-                        "processes (one per GPU)")
+            raise Invalid("", problem=f"this machine has {gpus} GPU(s); use at most that many "
+                          "processes (one per GPU)")
     return n
 
 
-def _device(name: str, value: Any) -> str:
-    import torch
+_DEVICES = "'auto', 'cpu', 'cuda' or 'cuda:N'"
 
+
+def _device_name(value: Any) -> str:
     if value not in ("auto", "cpu", "cuda") and not str(value).startswith("cuda:"):
-        raise _fail(name, value, "must be 'auto', 'cpu', 'cuda' or 'cuda:N'")
-    if str(value).startswith("cuda") and not torch.cuda.is_available():
-        raise _fail(name, value, "no CUDA GPU is visible here; use 'auto' or 'cpu'")
+        raise Invalid(_DEVICES, value)
     return str(value)
 
 
-def _choice(options: tuple[Any, ...]) -> Callable[[str, Any], Any]:
-    def check(name: str, value: Any) -> Any:
-        if value not in options:
-            raise _fail(name, value, f"must be one of {', '.join(map(repr, options))}")
-        return value
-    return check
+def _device(value: Any) -> str:
+    name = _device_name(value)
+    if name.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise Invalid("", problem="no CUDA GPU is visible here; use 'auto' or 'cpu'")
+    return name
 
 
-def _fraction(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
-        raise _fail(name, value, "must be a number in [0, 1]")
-    return float(value)
-
-
-def _optional_int(name: str, value: Any) -> int | None:
-    return None if value is None else _int(name, value, 1)
+def _whole_list(low: int) -> inputs.Rule:
+    return inputs.list_of(_whole(low), single=True,
+                          what=f"a non-empty list of whole numbers >= {low}, e.g. [1, 5, 10]")
 
 
 #: What each common lesson parameter must be. A notebook passes the ones it has.
-CHECKS: dict[str, Callable[[str, Any], Any]] = {
-    "task": _task, "tasks": _tasks, "model": _model,
-    "weights": _weights, "upstream": _upstream,
-    "upstream_size": lambda n, v: _int(n, v, 64), "upstream_steps": lambda n, v: _int(n, v, 5),
-    "upstream_sizes": lambda n, v: _ints(n, v, 64), "upstream_batch": lambda n, v: _int(n, v, 2),
-    "steps": lambda n, v: _int(n, v, 5), "batch_size": lambda n, v: _int(n, v, 2),
-    "train_size": _optional_int, "test_size": _optional_int,
-    "shots": lambda n, v: _ints(n, v, 1), "seeds": lambda n, v: _ints(n, v, 0),
-    "seed": lambda n, v: _int(n, v, 0), "processes": _processes, "device": _device,
-    "variant": _choice(("S", "M", "L")), "threshold": _fraction,
-    "trials": lambda n, v: _int(n, v, 1),
-    "search_size": lambda n, v: _int(n, v, 10), "k": lambda n, v: _int(n, v, 1),
+CHECKS: dict[str, inputs.Rule] = {
+    "task": _task, "tasks": inputs.list_of(_task, single=True, what="a list of dataset card "
+                                           "names or local paths"),
+    "model": _model, "weights": _weights, "upstream": _upstream,
+    "upstream_size": _whole(64), "upstream_steps": _whole(5), "upstream_sizes": _whole_list(64),
+    "upstream_batch": _whole(2), "steps": _whole(5), "batch_size": _whole(2),
+    "train_size": inputs.optional(_whole(1)), "test_size": inputs.optional(_whole(1)),
+    "shots": _whole_list(1), "seeds": _whole_list(0), "seed": _whole(0),
+    "processes": _processes, "device": _device, "variant": inputs.one_of("S", "M", "L"),
+    "threshold": inputs.number(0, 1), "trials": _whole(1), "search_size": _whole(10),
+    "k": _whole(1),
 }
+
+#: Checks that read this machine's hardware; a job written for a cluster (``bitkit sweep
+#: --sbatch``) checks only the form of these values, since the GPUs are on the nodes.
+HARDWARE_FREE = {"processes": _whole(1), "device": _device_name}
+
+
+def parameter_error(name: str, value: Any, problem: Invalid) -> ParameterError:
+    """The notebook's message for a bad parameter: the value, the problem and where to fix it."""
+    why = problem.problem or f"must be {problem.expected}"
+    item = f" (item {'.'.join(map(str, problem.path))})" if problem.path else ""
+    return ParameterError(f"parameter {name} = {inputs.shown(value)}{item}: {why} (set it in the "
+                          f"parameters cell, or `bitkit run NOTEBOOK -p {name} VALUE`)")
 
 
 def check_parameters(**params: Any) -> dict[str, Any]:
     """Check every given parameter (names from :data:`CHECKS`) and return them normalised.
 
-    Raises :class:`ParameterError` naming the first bad one. Cross-checks: ``weights`` must fit
-    ``model``, and training with more than one process needs a ``steps`` budget.
+    Raises :class:`ParameterError` naming the first bad one. Cross-check: ``weights`` must fit
+    ``model``.
     """
     out = {}
     for name, value in params.items():
         if name not in CHECKS:
-            raise TypeError(f"check_parameters does not know {name!r}; known: {', '.join(CHECKS)}")
-        out[name] = CHECKS[name](name, value)
+            raise TypeError(f"check_parameters does not know {name!r}"
+                            f"{inputs.did_you_mean(name, CHECKS)}; known: {', '.join(CHECKS)}")
+        try:
+            out[name] = CHECKS[name](value)
+        except Invalid as e:
+            raise parameter_error(name, value, e) from None
     if out.get("weights") and "model" in out:
         from bitkit import weights as w
 
         arch, want = w.describe(out["weights"]), models.get_config(out["model"])
         if (arch.units, arch.width) != (want.units, want.width):
-            raise _fail("weights", params["weights"], f"holds a {arch.name} but model is "
-                        f"{out['model']!r}; set model={arch.name!r}")
+            raise parameter_error("weights", params["weights"], Invalid(
+                "", problem=f"holds a {arch.name} but model is {out['model']!r}; set "
+                f"model={arch.name!r}"))
     return out
 
 
@@ -294,6 +283,14 @@ def transfer(task: str, start: models.ResNetV2 | str, *, processes: int = 1,
     from bitkit import experiments
 
     if processes == 1:
+        # Record the files fit is about to create, so a later run with several processes into
+        # the same folder may replace them (it removes only recorded files: bitkit.fileio).
+        from bitkit.fileio import record_written
+        from bitkit.train import CHECKPOINT_FILE, METRICS_FILE
+
+        new = [f for f in (CHECKPOINT_FILE, METRICS_FILE) if not (Path(out_dir) / f).exists()]
+        if new:
+            record_written(out_dir, TORCHRUN_WRITER, new)
         return experiments.finetune(task, start, out_dir=out_dir, observers=observers,
                                     progress=progress(), **kwargs)
     return _transfer_torchrun(task, start, processes, Path(out_dir), observers, **kwargs)

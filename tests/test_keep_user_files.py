@@ -292,6 +292,21 @@ def test_torchrun_lesson_recognises_its_folder_from_before_records(tmp_path, fak
     assert digests(out, list(mine)) == mine
 
 
+def test_a_one_process_lesson_run_then_a_torchrun_one_into_the_same_folder(
+        tmp_path, fake_torchrun, one_thread):
+    """Lesson 03's exercise: transfer with 1 process, then 2, into one folder. The first run's
+    checkpoint and metrics are recorded as bitkit's, so the second replaces them; a user's
+    file there stays."""
+    out = tmp_path / "transfer"
+    mine = user_files(out)
+    lesson.transfer("world-objects", "R14x0.25", processes=1, out_dir=out, steps=5,
+                    train_size=16, test_size=4, batch_size=8)
+    assert {"checkpoint.pt", "metrics.jsonl"} <= set(tree(out))
+    torchrun_lesson(out, batch_size=8)
+    assert "checkpoint.pt" not in fake_torchrun[-1].before  # removed as ours, then rewritten
+    assert digests(out, list(mine)) == mine
+
+
 # ------------------------------------------------------------------ bitkit run --out
 
 
