@@ -62,7 +62,9 @@ class WorldDataset(ImageDataset):
     def __len__(self) -> int:
         return self.size
 
-    def _indices(self, indices: Sequence[int] | np.ndarray) -> np.ndarray:
+    def check_indices(self, indices: Sequence[int] | np.ndarray) -> np.ndarray:
+        """``indices`` as int64 positions, negative ones counted from the end; an
+        ``IndexError`` naming the split for one out of range."""
         idx = np.asarray(indices, dtype=np.int64).reshape(-1)
         idx = np.where(idx < 0, idx + self.size, idx)
         bad = (idx < 0) | (idx >= self.size)
@@ -72,7 +74,7 @@ class WorldDataset(ImageDataset):
         return idx
 
     def labels(self, indices: Sequence[int] | np.ndarray) -> np.ndarray:
-        idx = self._indices(indices)
+        idx = self.check_indices(indices)
         out = []
         for lo in range(0, idx.size, 1 << 16):  # bounded memory on 10M-example splits
             chunk = idx[lo:lo + (1 << 16)]
@@ -82,9 +84,18 @@ class WorldDataset(ImageDataset):
             return np.zeros((0, self.num_classes) if self.multi_label else (0,), np.int64)
         return np.concatenate(out)
 
+    def draw(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """uint8 images (B, 3, S, S) and labels drawn from explicit example keys instead of
+        this split's own, with nothing planted: ordinary examples of this task from a stream of
+        the caller's (``duplicates`` draws a host's pair pictures so). Every example is drawn
+        at index -1, never a planted position."""
+        idx = np.full(len(keys), -1, np.int64)
+        labels = self._labels(keys, idx)
+        return self._draw(keys, idx, labels), labels
+
     def render(self, indices: Sequence[int] | np.ndarray) -> tuple[torch.Tensor, np.ndarray]:
         """Images ``(B, 3, S, S)`` uint8 and labels for a batch of indices."""
-        idx = self._indices(indices)
+        idx = self.check_indices(indices)
         keys = rng.keys(self.seed, self.stream, idx)
         labels = self._planted_labels(idx, self._labels(keys, idx))
         return torch.from_numpy(self._planted_images(idx, self._draw(keys, idx, labels))), labels

@@ -21,6 +21,7 @@ import numpy as np
 from bitkit.data.cards import DataCard
 from bitkit.data.world import duplicates, render, rng
 from bitkit.data.world.common import WorldDataset, finish, object_slot, palette_colours
+from bitkit.data.world.registry import register
 from bitkit.data.world.scenes import natural_scene
 from bitkit.data.world.taxonomy import (
     N_PALETTES,
@@ -257,7 +258,5 @@ class DistanceTask(Task):
         return finish(canvas, keys)
 
 
-GENERATORS: dict[str, type[WorldDataset]] = {
-    "objects": ObjectsTask, "fine": FineTask, "texture": TextureTask, "count": CountTask,
-    "orientation": OrientationTask, "location": LocationTask, "distance": DistanceTask,
-}
+register(objects=ObjectsTask, fine=FineTask, texture=TextureTask, count=CountTask,
+         orientation=OrientationTask, location=LocationTask, distance=DistanceTask)

@@ -31,7 +31,9 @@ from typing import NamedTuple
 import numpy as np
 from PIL import Image
 
+from bitkit.data.cards import get_card
 from bitkit.data.world import rng
+from bitkit.data.world.registry import build
 from bitkit.data.world.render import noise_bank
 from bitkit.data.world.scenes import natural_scene
 from bitkit.data.world.taxonomy import held_out_combos, nearest_upstream_class
@@ -78,9 +80,6 @@ def _check_host(host: str) -> None:
 
 @lru_cache(maxsize=16)
 def _host_task(host: str, seed: int, size: int):
-    from bitkit.data.cards import get_card  # the world package imports this module
-    from bitkit.data.world import build
-
     return build(get_card(host), "test", seed=seed, image_size=size)
 
 
@@ -90,8 +89,8 @@ def _host_pair(host: str, seed: int, p: int, size: int) -> tuple[bytes, int]:
     own generator from the pair's key (index -1: never a planted position)."""
     task = _host_task(host, seed, size)
     keys = rng.keys(seed, f"world-dup/{host}", np.array([p]))
-    label = task._labels(keys, np.array([-1]))
-    return task._draw(keys, np.array([-1]), label)[0].tobytes(), int(label[0])
+    images, labels = task.draw(keys)
+    return images[0].tobytes(), int(labels[0])
 
 
 def pair_class(seed: int, p: int, host: str = HOST) -> int:

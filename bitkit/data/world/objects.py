@@ -15,8 +15,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from bitkit.data.cards import get_card
 from bitkit.data.world import render, rng
 from bitkit.data.world.common import WorldDataset, object_slot, palette_colours
+from bitkit.data.world.registry import build, register
 from bitkit.data.world.taxonomy import PALETTES, habitat, upstream_taxonomy
 
 _PAL = np.array(PALETTES)
@@ -79,7 +81,7 @@ class ForegroundObjects(WorldDataset):
 
     def render_with_masks(self, indices) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
         """uint8 images (B, 3, S, S), uint8 alpha masks (B, S, S) in 0..255, labels."""
-        idx = self._indices(indices)
+        idx = self.check_indices(indices)
         keys = rng.keys(self.seed, self.stream, idx)
         labels = self._labels(keys, idx)
         canvas, cover = self._layers(keys, labels)
@@ -87,6 +89,8 @@ class ForegroundObjects(WorldDataset):
         masks = (cover * 255.0 + 0.5).astype(np.uint8)
         return torch.from_numpy(images), torch.from_numpy(masks), labels
 
+
+register(foregrounds=ForegroundObjects)
 
 #: Soft alpha at or above this (of 255) counts as object when a world mask is made binary:
 #: the anti-aliased edge pixel is in the object when it is at least half covered.
@@ -110,13 +114,13 @@ def ooc_inputs(indices=None, *, split: str = "test", size: int = 64, seed: int =
     out-of-context pastes.
     """
     from bitkit import ooc  # not at module level: bitkit.ooc imports the evaluation stack
-    from bitkit.data import load
 
     if not 1 <= threshold <= 255:
         raise ValueError(f"threshold must be in 1..255 (alpha >= threshold is object); "
                          f"got {threshold}")
-    ds = load("world-foregrounds", split, seed=seed, image_size=size)
-    idx = ds._indices(np.arange(len(ds)) if indices is None else list(indices))
+    # what bitkit.data.load("world-foregrounds", ...) gives, without going back up through it
+    ds = build(get_card("world-foregrounds"), split, seed=seed, image_size=size)
+    idx = ds.check_indices(np.arange(len(ds)) if indices is None else list(indices))
     images, masks, labels = ds.render_with_masks(idx)
     habitats = ds.habitat_of(labels)
     fgs = [ooc.Foreground.create(

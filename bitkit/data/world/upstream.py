@@ -35,6 +35,7 @@ import numpy as np
 from bitkit.data.cards import DataCard
 from bitkit.data.world import duplicates, render, rng
 from bitkit.data.world.common import WorldDataset, finish, object_slot, palette_colours
+from bitkit.data.world.registry import register
 from bitkit.data.world.taxonomy import PALETTES, habitat, upstream_taxonomy
 
 _PAL = np.array(PALETTES)
@@ -96,7 +97,7 @@ class UpstreamWorld(WorldDataset):
 
     def clean_labels(self, indices: np.ndarray) -> np.ndarray:
         """Labels before label noise (planted duplicates included)."""
-        idx = self._indices(indices)
+        idx = self.check_indices(indices)
         saved, self.label_noise = self.label_noise, 0.0
         try:
             return self.labels(idx)
@@ -130,7 +131,7 @@ class UpstreamWorld(WorldDataset):
     def scene_kinds(self, indices) -> np.ndarray:
         """0 single, 1 close-up, 2 flock, 3 multi-object, per example (planted duplicates
         are drawn from ``duplicates`` whatever their kind says)."""
-        idx = self._indices(indices)
+        idx = self.check_indices(indices)
         return self._kinds(rng.keys(self.seed, self.stream, idx))
 
     def _kinds(self, keys: np.ndarray) -> np.ndarray:
@@ -210,3 +211,6 @@ class UpstreamWorld(WorldDataset):
                 cy=(cell // 3 - 1) * 0.62 + 0.12 * (uo[:, 32] - 0.5),
                 radius=0.17 + 0.09 * uo[:, 30]))
             canvas[rows] = sub
+
+
+register(upstream=UpstreamWorld)
