@@ -347,7 +347,7 @@ def to_hf(dataset: ImageDataset, *, batch_size: int = 256, progress: bool = True
     """Materialise any raw dataset (e.g. the embedded world) as an HF ``datasets.Dataset`` with
     ``image`` (PNG, lossless), ``label`` (ClassLabel, or a list of ids for multi-label) and
     ``id`` columns: the same schema :func:`load` reads back, to share or to save as parquet.
-    Unreadable images are left out and counted on stderr."""
+    Unreadable images are left out and named in an ``UnreadableImagesWarning``."""
     import datasets
     import torch
 

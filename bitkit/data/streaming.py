@@ -47,7 +47,7 @@ def write_shards(dataset: ImageDataset, out_dir: str | os.PathLike, *, shard_siz
                  prefix: str = "shard", progress: bool = True) -> list[Path]:
     """Write ``dataset`` as tar shards of ``shard_size`` examples (PNG images, ``.cls`` or
     ``.json`` labels, keys from ``example_id``). Returns the shard paths. Unreadable images are
-    left out (a shard may then hold fewer) and counted on stderr."""
+    left out (a shard may then hold fewer) and named in an ``UnreadableImagesWarning``."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths: list[Path] = []
