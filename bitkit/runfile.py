@@ -26,6 +26,7 @@ from bitkit.events import Observer
 from bitkit.hyperrule import Recipe, resolution_for
 from bitkit.train import METRICS_FILE, FitResult, TrainConfig, TrainingDiverged, fit
 
+
 def _model_name(v: Any) -> str:
     from bitkit.models import get_config
 

@@ -14,7 +14,6 @@ from bitkit.data.cards import (
     validate_all,
 )
 
-
 VTAB_TASKS = 19
 
 

@@ -30,8 +30,8 @@ train:
 @pytest.fixture()
 def run_yaml(tmp_path):
     """A valid run file (YAML, one key per line) and a function that writes a variant of it."""
-    from conftest import Images  # the suite's tiny image set
     import torch
+    from conftest import Images  # the suite's tiny image set
 
     data = Images()
     torch.save({"images": data.x, "labels": data.y}, tmp_path / "train.pt")

@@ -9,14 +9,14 @@ import pytest
 import torch
 from conftest import Images
 
+# tensorboard is in the dev extra: a missing one fails here rather than skipping the checks
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402
+from tensorboard.plugins.hparams import api_pb2, metadata  # noqa: E402
+
 from bitkit.events import TensorBoardLogger, read_jsonl
 from bitkit.hyperrule import Schedule
 from bitkit.models import create
 from bitkit.train import TrainConfig, fit
-
-# tensorboard is in the dev extra: a missing one fails here rather than skipping the checks
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402
-from tensorboard.plugins.hparams import api_pb2, metadata  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

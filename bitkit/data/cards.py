@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import difflib
 import os
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
