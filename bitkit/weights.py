@@ -538,19 +538,6 @@ def fetch(name: str, cache_dir: str | os.PathLike | None = None,
 # ---------------------------------------------------------------------------------------------
 
 
-def add_cli(sub) -> None:
-    p = sub.add_parser("weights", help="inspect and convert checkpoints (.npz, safetensors, timm)")
-    wsub = p.add_subparsers(dest="weights_command", required=True)
-    info = wsub.add_parser("info", help="which architecture a weights file holds")
-    info.add_argument("path")
-    info.set_defaults(func=_cli_info)
-    conv = wsub.add_parser("convert", help="convert between .npz, .safetensors and .pt")
-    conv.add_argument("src")
-    conv.add_argument("dst", help="output path; its suffix picks the format")
-    conv.add_argument("--timm-names", action="store_true", help="write timm's parameter names")
-    conv.set_defaults(func=_cli_convert)
-
-
 def _model_for(path: str) -> ResNetV2:
     arch = describe(path)
     if arch.name not in CONFIGS:
@@ -558,14 +545,16 @@ def _model_for(path: str) -> ResNetV2:
     return ResNetV2(arch.name, num_classes=arch.num_classes or 1000)
 
 
-def _cli_info(args) -> int:
+def info_command(args) -> int:
+    """``bitkit weights info PATH``."""
     arch = describe(args.path)
     print(f"{args.path}: {arch.name}, units per stage {arch.units}, width {arch.width}, "
           f"{arch.num_classes if arch.num_classes is not None else 'no'} output classes")
     return 0
 
 
-def _cli_convert(args) -> int:
+def convert_command(args) -> int:
+    """``bitkit weights convert SRC DST [--timm-names]``."""
     model = _model_for(args.src)
     load(model, args.src)
     suffix = Path(args.dst).suffix.lower()
