@@ -177,7 +177,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return int(_handler(args.handler)(args) or 0)
-    except (ValueError, FileNotFoundError, KeyError) as e:  # user mistakes: message, no traceback
+    # user mistakes: a message, no traceback (FileExistsError: bitkit will not replace a file of
+    # the user's, bitkit.fileio.ForeignFilesError)
+    except (ValueError, FileNotFoundError, FileExistsError, KeyError) as e:
         # str(KeyError("msg")) is "'msg'" (its repr): print the message itself.
         message = e.args[0] if isinstance(e, KeyError) and e.args else e
         print(f"bitkit {args.command}: error: {message}", file=sys.stderr)

@@ -45,6 +45,8 @@ from bitkit import inputs
 KERNEL = "bitkit"
 METRICS = "metrics.json"
 PARAMETERS = "parameters.yaml"
+SUMMARY, SBATCH, RUN_PARAMS = "summary.json", "sweep.sbatch", "params.yaml"  # a sweep's files
+SWEEP_WRITER = "bitkit.runs.sweep"
 #: How :func:`run_notebook` signs its outputs in ``.bitkit-written.json`` (bitkit.fileio).
 RUN_WRITER = "bitkit.runs.run_notebook"
 DEFAULT_CELL_TIMEOUT = 3600  # seconds: a single cell longer than an hour is a hung cell
@@ -415,14 +417,15 @@ def sweep(notebook: str | os.PathLike, runs: Sequence[Mapping[str, Any]],
     ``stop_on_error``.
     """
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    _claim_sweep_files(out, [SUMMARY])
+    tensorboard = kwargs.pop("tensorboard", None)
     rows = []
     for params, folder in zip(runs, run_dirs(out, runs), strict=True):
         row: dict[str, Any] = {"run": folder.name, **params}
         try:
-            if kwargs.get("tensorboard") is not None:  # one TensorBoard run folder per sweep run
-                kwargs = {**kwargs, "tensorboard": Path(kwargs["tensorboard"]) / folder.name}
-            result = run_notebook(notebook, {**(fixed or {}), **params}, folder, **kwargs)
+            result = run_notebook(notebook, {**(fixed or {}), **params}, folder, **kwargs,
+                                  tensorboard=None if tensorboard is None else  # one per run
+                                  Path(tensorboard) / folder.name)
             row.update(status="ok", seconds=round(result.seconds, 1), **result.metrics)
         except NotebookFailed as e:
             row.update(status="failed", error=e.error.splitlines()[0])
@@ -430,7 +433,7 @@ def sweep(notebook: str | os.PathLike, runs: Sequence[Mapping[str, Any]],
                 rows.append(row)
                 break
         rows.append(row)
-        (out / "summary.json").write_text(json.dumps(rows, indent=2, default=str))
+        (out / SUMMARY).write_text(json.dumps(rows, indent=2, default=str))
     return rows
 
 
@@ -484,6 +487,15 @@ def sbatch_script(notebook: str | os.PathLike, runs: Sequence[Mapping[str, Any]]
     ])
 
 
+def _claim_sweep_files(out: Path, files: list[str]) -> None:
+    """A sweep folder may be one of the user's: replace only files an earlier sweep wrote there,
+    refuse a user's file of the same name (bitkit.fileio), leave everything else."""
+    from bitkit.fileio import clear_written, record_written
+
+    clear_written(out, SWEEP_WRITER, what="a sweep", outputs=files)
+    record_written(out, SWEEP_WRITER, files)
+
+
 def write_sbatch(notebook: str | os.PathLike, runs: Sequence[Mapping[str, Any]],
                  out_dir: str | os.PathLike, *, fixed: Mapping[str, Any] | None = None,
                  **kwargs: Any) -> Path:
@@ -495,12 +507,13 @@ def write_sbatch(notebook: str | os.PathLike, runs: Sequence[Mapping[str, Any]],
     for params in runs:
         resolve_parameters(notebook, {**(fixed or {}), **params}, hardware=False)
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    for params, folder in zip(runs, run_dirs(out, runs), strict=True):
+    folders = run_dirs(out, runs)
+    _claim_sweep_files(out, [SBATCH, *(f"{f.name}/{RUN_PARAMS}" for f in folders)])
+    for params, folder in zip(runs, folders, strict=True):
         folder.mkdir(exist_ok=True)
-        (folder / "params.yaml").write_text(yaml.safe_dump({**(fixed or {}), **params},
+        (folder / RUN_PARAMS).write_text(yaml.safe_dump({**(fixed or {}), **params},
                                                            sort_keys=False))
-    script = out / "sweep.sbatch"
+    script = out / SBATCH
     script.write_text(sbatch_script(notebook, runs, out, **kwargs))
     return script
 
@@ -511,8 +524,8 @@ def collect(out_dir: str | os.PathLike) -> list[dict[str, Any]]:
 
     rows = []
     for folder in sorted(Path(out_dir).glob("run-*")):
-        params = yaml.safe_load((folder / "params.yaml").read_text()) if (
-            folder / "params.yaml").is_file() else {}
+        params = yaml.safe_load((folder / RUN_PARAMS).read_text()) if (
+            folder / RUN_PARAMS).is_file() else {}
         metrics = folder / METRICS
         status = "ok" if metrics.is_file() else "missing"
         rows.append({"run": folder.name, **(params or {}), "status": status,

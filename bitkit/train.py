@@ -49,7 +49,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, IterableDataset, Subset
 
 from bitkit import checkpoint, distributed, inputs
-from bitkit.data.corrupt import CorruptReport, flag_holder
+from bitkit.data.corrupt import CorruptReport, UnreadableImagesWarning, flag_holder
 from bitkit.distributed import DistInfo, StepSampler
 from bitkit.evaluate import Accumulator, to_model_input
 from bitkit.events import Event, JsonlLogger, Observer, ProgressBar, RunControl
@@ -297,7 +297,9 @@ def fit(
         skipped = {"corrupt_skipped": result.corrupt.count, "corrupt_ids": result.corrupt.ids}
     emit("end", result.step, reason=result.reason, **skipped)
     if result.corrupt is not None and result.corrupt.count and info.is_main:
-        warnings.warn(_unreadable_message(result.corrupt, batches.streaming), stacklevel=2)
+        # one category for every "left out unreadable images" message, so users filter one
+        warnings.warn(_unreadable_message(result.corrupt, batches.streaming),
+                      UnreadableImagesWarning, stacklevel=2)
     return result
 
 

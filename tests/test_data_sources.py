@@ -151,9 +151,11 @@ def test_fit_reports_skipped_images_at_the_end(cifar_like, tmp_path):
     raw = load("cifar10", "train", path=cifar_like)
     data = preprocess(SubsetDataset(raw, range(30)), train=True, resize=18, crop=16)
     torch.manual_seed(0)
-    # a UserWarning (UnreadableImagesWarning is one) that names what was skipped
-    with pytest.warns(UserWarning, match=r"fit: training data: skipped 2 unreadable image\(s\) "
-                                         r"of 30: cifar10:train:4, cifar10:train:5"):
+    # the category every "left out unreadable images" message has, naming what was skipped
+    from bitkit.data.corrupt import UnreadableImagesWarning
+
+    with pytest.warns(UnreadableImagesWarning, match=r"fit: training data: skipped 2 unreadable "
+                      r"image\(s\) of 30: cifar10:train:4, cifar10:train:5"):
         result = fit(create("R14x0.25", num_classes=10), data,
                      TrainConfig(Schedule(0.1, 1, (), 4), batch_size=8, progress=False),
                      out_dir=tmp_path)   # 32 draws from 30 examples: both bad ones are hit

@@ -350,3 +350,35 @@ def test_run_notebook_keeps_a_users_files_and_refuses_their_metrics(tmp_path, mo
     (out / WRITTEN).unlink()
     assert runs.run_notebook(nb, {"x": 6}, out, html=False).metrics == {"x": 6}
     assert digests(out, list(mine)) == mine
+
+
+# ------------------------------------------------------------------ bitkit sweep --out
+
+
+def test_a_sweep_folder_keeps_a_users_files_and_refuses_their_namesakes(tmp_path, capsys):
+    import nbformat
+    from nbformat.v4 import new_code_cell, new_notebook
+
+    from bitkit import cli
+
+    nb = new_notebook(metadata={"kernelspec": {"name": "bitkit", "display_name": "bitkit",
+                                               "language": "python"}})
+    params = new_code_cell("x = 1")
+    params.metadata["tags"] = ["parameters"]
+    nb.cells = [params]
+    nbformat.write(nb, str(tmp_path / "nb.ipynb"))
+    out = tmp_path / "sweep"
+    mine = user_files(out)
+    argv = ["sweep", str(tmp_path / "nb.ipynb"), "-g", "x", "1,2", "--sbatch", "--out", str(out)]
+    assert cli.main(argv) == 0 and cli.main(argv) == 0  # a rerun replaces its own files
+    assert (out / "sweep.sbatch").is_file() and (out / "run-1" / "params.yaml").is_file()
+    assert digests(out, list(mine)) == mine
+    other = tmp_path / "other"
+    user_files(other)
+    (other / "sweep.sbatch").write_text("#!/bin/bash\n# my own job script\n")
+    capsys.readouterr()
+    assert cli.main([*argv[:-1], str(other)]) == 2
+    err = capsys.readouterr().err
+    assert "sweep.sbatch" in err and "Choose another folder" in err and "Traceback" not in err
+    assert (other / "sweep.sbatch").read_text() == "#!/bin/bash\n# my own job script\n"
+    assert not (other / "run-0").exists()

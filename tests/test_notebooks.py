@@ -113,12 +113,24 @@ def test_00_quickstart(shared_cache, tmp_path):
 
 
 def test_a_bad_parameter_fails_in_the_first_cells(shared_cache, tmp_path):
-    with pytest.raises(runs.NotebookFailed) as e:
+    # bitkit run checks with the lesson's own rules before a kernel starts ...
+    with pytest.raises(ValueError) as e:
         runs.run_notebook(NOTEBOOKS / "00_quickstart.ipynb", {"task": "world-objcts"},
                           tmp_path / "bad", log_output=False)
-    assert "ParameterError: parameter task = 'world-objcts'" in e.value.error
-    assert "Did you mean 'world-objects'" in e.value.error
-    assert e.value.cell is not None and e.value.cell <= 3  # before any training
+    assert "00_quickstart.ipynb: parameter task = 'world-objcts'" in str(e.value)
+    assert "Did you mean 'world-objects'" in str(e.value)
+    assert not (tmp_path / "bad" / "00_quickstart.ipynb").exists()  # no kernel was started
+    # ... and the notebook checks again in its first cells, for a student editing the cell
+    import papermill
+    from papermill.exceptions import PapermillExecutionError
+
+    with pytest.raises(PapermillExecutionError) as e:
+        papermill.execute_notebook(str(NOTEBOOKS / "00_quickstart.ipynb"),
+                                   str(tmp_path / "direct.ipynb"), parameters={"task": "world-objcts"},
+                                   kernel_name="bitkit", cwd=str(tmp_path), progress_bar=False)
+    assert e.value.ename == "ParameterError" and "parameter task = 'world-objcts'" in e.value.evalue
+    assert "Did you mean 'world-objects'" in e.value.evalue
+    assert e.value.cell_index <= 3  # before any training
 
 
 @pytest.mark.slow
