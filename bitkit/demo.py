@@ -25,7 +25,10 @@ def run(model_name: str = "R26x0.25", num_classes: int = 10, image_size: int = 6
     with tempfile.TemporaryDirectory() as d:
         path = weights.save_npz(source, Path(d) / f"{model_name}.npz")
         arch = weights.describe(path)
-        restored = models.create(model_name, num_classes=num_classes, weights=str(path))
+        # Restoring a file for prediction keeps its head only when asked; transfer (the default)
+        # starts from a zero head.
+        restored = models.create(model_name, num_classes=num_classes, weights=str(path),
+                                 keep_head=True)
         transfer = models.create(model_name, num_classes=3, weights=str(path))
     with torch.no_grad():
         same = torch.equal(source.eval()(x), restored.eval()(x))

@@ -100,7 +100,9 @@ def pretrain(
     final = folder / FINAL_WEIGHTS
     net = create(model, num_classes=raw.num_classes)
     if final.is_file():
-        weights.load(net, final)
+        # The cached model is this upstream run itself, head included: lessons predict upstream
+        # classes with it (02, 08) and finetune() replaces the head when it transfers.
+        weights.load(net, final, keep_head=True)
         return net
 
     recipe = hyperrule.upstream(size, variant=variant, batch_size=batch_size,

@@ -210,9 +210,12 @@ def upstream_model(model: str, *, weights: str | None = None, upstream: str = "w
                    observers: tuple = ()) -> models.ResNetV2:
     """The pre-trained starting point of a lesson.
 
-    With ``weights`` (a released ``.npz`` such as BiT-M-R50x1.npz): that checkpoint. Otherwise
-    BiT's upstream recipe on the embedded world, cached by its settings, so every lesson with
-    the same settings reuses the model the quickstart trained.
+    With ``weights`` (a released ``.npz`` such as BiT-M-R50x1.npz): that checkpoint, head
+    included (``keep_head=True``), like the pre-trained model otherwise. Otherwise BiT's
+    upstream recipe on the embedded world, cached by its settings, so every lesson with the
+    same settings reuses the model the quickstart trained. Lesson 08 predicts upstream classes
+    with this head; transfer (``experiments.finetune``, :func:`transfer`) replaces it by a
+    zero-initialised one.
     """
     from bitkit import experiments
 
@@ -220,7 +223,7 @@ def upstream_model(model: str, *, weights: str | None = None, upstream: str = "w
         from bitkit import weights as w
 
         arch = w.describe(weights)
-        return models.create(model, num_classes=arch.num_classes, weights=weights)
+        return models.create(model, num_classes=arch.num_classes, weights=weights, keep_head=True)
     return experiments.pretrain(model, upstream, size=size, steps=steps, batch_size=batch_size,
                                 seed=seed, observers=observers, progress=progress())
 
@@ -332,6 +335,9 @@ def _transfer_torchrun(task: str, start: models.ResNetV2 | str, processes: int, 
         start = models.create(start, num_classes=raw.num_classes)
     atomic_write(out / "start.pt", lambda f: torch.save(start.state_dict(), f))
     train = {k: v for k, v in train.items() if k != "resume"}
+    # No keep_head in the run file: the run loads start.pt with transfer semantics, so its head
+    # (the upstream classifier, or a scratch model's zeros) becomes a zero head for the task,
+    # exactly what experiments.finetune's reset_head gives the one-process path.
     spec = {"model": start.name, "weights": str(out / "start.pt"), "num_classes": raw.num_classes,
             "train_data": f"{task}:train", "out_dir": str(out), "recipe": "hyperrule",
             "recipe_args": {"batch_size": batch_size},

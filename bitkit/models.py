@@ -53,23 +53,31 @@ def create(
     ws_eps: float = WS_EPS,
     dropout: float = 0.0,
     zero_head: bool = True,
+    keep_head: bool = False,
     grad_checkpointing: bool = False,
     device: str | torch.device | None = None,
 ) -> ResNetV2:
     """Build a model by name, optionally loading weights (.npz, .safetensors or .pt state dict).
 
-    When the file's head has a different number of classes than ``num_classes`` the head is
-    re-initialised to zeros and a message says so: that is BiT transfer.
+    With ``weights`` the body comes from the file and the head (weight and bias) is
+    zero-initialised whatever the class counts, and a message says so: that is BiT transfer,
+    which re-trains the head even from ILSVRC-2012 to a 1,000-class task (paper 4.1).
+    ``keep_head=True`` restores the file's head instead, to predict or evaluate with a
+    fine-tuned file; it needs ``num_classes`` equal to the file's (a ``ValueError`` says both).
+    See :func:`bitkit.weights.load`.
 
     >>> m = create("R14x0.25", num_classes=10)
     """
+    if keep_head and weights is None:
+        raise ValueError("create(..., keep_head=True) restores the head of a weights file; "
+                         "pass weights=PATH, or drop keep_head")
     on_meta = device is not None and str(device) == "meta"
     # On the meta device the model has shapes but no storage: parameter counts of R152x4 for free.
     with torch.device("meta") if on_meta else contextlib.nullcontext():
         model = ResNetV2(get_config(name), num_classes, norm=norm, conv=conv, ws_eps=ws_eps,
                          dropout=dropout, zero_head=zero_head)
     if weights is not None:
-        _weights.load(model, weights)
+        _weights.load(model, weights, keep_head=keep_head)
     if grad_checkpointing:
         model.set_grad_checkpointing(True)
     if device is not None and not on_meta:

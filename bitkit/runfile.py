@@ -44,6 +44,9 @@ RECIPES = ("hyperrule", "upstream", "search")
 RUN_FILE_RULES: dict[str, inputs.Rule] = {
     "model": _model_name,
     "weights": inputs.optional(inputs.text()),
+    # Transfer zero-initialises the head; true restores the file's (same class count), e.g. to
+    # continue fine-tuning a fine-tuned file on its own task.
+    "keep_head": inputs.optional(inputs.boolean()),
     "num_classes": inputs.optional(inputs.integer(1)),
     "train_data": inputs.text(),
     "eval_data": inputs.optional(inputs.text()),
@@ -80,6 +83,11 @@ def check_run_spec(given: inputs.Document | dict[str, Any]) -> dict[str, Any]:
     recipe's own arguments) with the defaults filled in; errors name the file and line."""
     doc = given if isinstance(given, inputs.Document) else inputs.Document(given)
     spec = inputs.check(doc, _RUN_FILE)
+    if spec.get("keep_head") and not spec.get("weights"):
+        raise inputs.error(inputs.Invalid("", problem="true restores the head of the weights "
+                                          "file, but the run file names no weights; add "
+                                          "weights: FILE or remove keep_head"
+                                          ).within("keep_head"), doc)
     spec.setdefault("recipe", "hyperrule")
     spec.setdefault("recipe_args", {})
     spec.setdefault("train", {})
@@ -214,13 +222,19 @@ def plan(config: str | os.PathLike | dict[str, Any]) -> RunPlan:
 
 
 def run(config_path: str | os.PathLike, observers: Sequence[Observer] = ()) -> FitResult:
-    """Build the model and data a run file describes (:func:`plan`) and ``fit`` them."""
+    """Build the model and data a run file describes (:func:`plan`) and ``fit`` them.
+
+    ``weights`` start the run with BiT transfer semantics: the body from the file, a
+    zero-initialised head whatever the file's classes; ``keep_head: true`` restores the file's
+    head (it must have ``num_classes`` classes).
+    """
     from bitkit.models import create
 
     spec = load_run_config(config_path)
     p = plan(spec)
     torch.manual_seed(p.config.seed)  # the same seed gives the same initial head and weights
-    model = create(spec["model"], num_classes=p.num_classes, weights=spec.get("weights"))
+    model = create(spec["model"], num_classes=p.num_classes, weights=spec.get("weights"),
+                   keep_head=bool(spec.get("keep_head")))
     observers = [*observers, *tensorboard_observer(spec, p.config)]
     return fit(model, p.train_data, p.config, eval_data=p.eval_data, out_dir=spec["out_dir"],
                observers=observers)

@@ -6,6 +6,10 @@ Every format is first turned into *our* parameter names, lazily, then one functi
 (:func:`_assign`) checks the architecture, every key and every shape and copies the tensors. So a
 mismatch gets the same clear message whichever format it came from.
 
+Loading is BiT transfer by default: the body comes from the file and the head (weight and bias)
+starts at zero whatever the class counts, as the paper (3.3, 4.1) and Google's code do;
+``keep_head=True`` restores the file's head exactly, for evaluating or converting a file.
+
 Released files are not downloaded by default: fetch them yourself from
 ``https://storage.googleapis.com/bit_models/<name>.npz`` and pass the path, or call :func:`fetch`.
 
@@ -319,6 +323,11 @@ def describe(path: str | os.PathLike) -> Architecture:
 
 @dataclass
 class LoadResult:
+    """What :func:`load` did. ``head_reset``: the model's head was zero-initialised instead of
+    taking the file's (the default, BiT transfer); False only with ``keep_head=True``, when the
+    file's head was copied. ``architecture.num_classes`` is the file's class count (None: no
+    head); ``message`` is the line that was logged."""
+
     path: str
     format: str
     architecture: Architecture
@@ -327,18 +336,24 @@ class LoadResult:
     message: str
 
 
-def load(model: ResNetV2, path: str | os.PathLike, *, strict: bool = True) -> LoadResult:
+def load(model: ResNetV2, path: str | os.PathLike, *, strict: bool = True,
+         keep_head: bool = False) -> LoadResult:
     """Load weights into ``model`` from a released .npz, a safetensors file or a state dict.
 
-    If the file's head has another number of classes (or none), the model keeps its own head,
-    zero-initialised: BiT transfer (paper 3.3). Any other mismatch raises a ``ValueError`` that
-    names the key, both shapes and the likely cause. ``strict=False`` tolerates unknown keys.
+    The body always comes from the file. The head (weight and bias) is zero-initialised by
+    default, whatever the class counts: BiT transfer re-trains the head from scratch even from
+    ILSVRC-2012 to ILSVRC-2012 (paper 3.3, 4.1), and a logged message says so.
+    ``keep_head=True`` restores the file's head exactly instead (evaluating or predicting with
+    a fine-tuned file, converting a file); it raises a ``ValueError`` when the file has no head
+    or another number of classes than the model. Any other mismatch raises a ``ValueError``
+    that names the key, both shapes and the likely cause. ``strict=False`` tolerates unknown
+    keys.
     """
     src = _open(path)
-    return _assign(model, src, strict=strict)
+    return _assign(model, src, strict=strict, keep_head=keep_head)
 
 
-def _assign(model: ResNetV2, src: _Source, *, strict: bool) -> LoadResult:
+def _assign(model: ResNetV2, src: _Source, *, strict: bool, keep_head: bool) -> LoadResult:
     if src.fmt == "npz" and (model.norm_kind != "group" or model.conv_kind != "standardized"):
         raise ValueError(
             f"{src.path}: the released .npz layout holds GroupNorm + standardized-conv weights; "
@@ -362,7 +377,8 @@ def _assign(model: ResNetV2, src: _Source, *, strict: bool) -> LoadResult:
     expected = model.state_dict()
     head_keys = {"head.weight", "head.bias"}
     file_head = head_keys <= src.loaders.keys()
-    head_fits = file_head and tuple(src.get("head.bias").shape) == tuple(expected["head.bias"].shape)
+    if keep_head:
+        _check_head_fits(model, src, arch, file_head)
     unexpected = sorted(set(src.loaders) - set(expected)) + src.unexpected
     if unexpected and strict:
         shown = ", ".join(repr(src.file_keys.get(k, k)) for k in unexpected[:5])
@@ -376,7 +392,9 @@ def _assign(model: ResNetV2, src: _Source, *, strict: bool) -> LoadResult:
     loaded = 0
     with torch.no_grad():
         for name, target in expected.items():
-            if name in head_keys and not head_fits:
+            # Transfer never reads the file's head, even one of the right shape: the model's head
+            # is zeroed below, so an old classifier cannot leak into a new task.
+            if name in head_keys and not keep_head:
                 continue
             if name not in src.loaders:
                 if name.endswith("num_batches_tracked"):
@@ -397,17 +415,41 @@ def _assign(model: ResNetV2, src: _Source, *, strict: bool) -> LoadResult:
             target.copy_(value.to(dtype=target.dtype))
             loaded += 1
 
-    head_reset = not head_fits
-    if head_reset:
-        model.reset_head(model.num_classes, zero_init=True)
-        found = f"{arch.num_classes} classes" if file_head else "no head"
-        message = (f"Loaded {loaded} tensors from {Path(src.path).name}; the file has {found}, "
-                   f"the model {model.num_classes}: new head initialised to zeros (BiT transfer).")
-        log.warning(message)
-    else:
-        message = f"Loaded {loaded} tensors from {Path(src.path).name} (head included)."
+    file_name = Path(src.path).name
+    if keep_head:
+        message = f"Loaded {loaded} tensors from {file_name} (head included: keep_head=True)."
         log.info(message)
-    return LoadResult(src.path, src.fmt, arch, loaded, head_reset, message)
+        return LoadResult(src.path, src.fmt, arch, loaded, False, message)
+    # BiT transfer (paper 3.3, 4.1; Google's code does the same): weight AND bias start at zero
+    # whatever the file holds, so the first logits are uniform and the head is learnt afresh.
+    model.reset_head(model.num_classes, zero_init=True)
+    if not file_head:
+        why = f"the file has no head, the model {model.num_classes} classes"
+    elif arch.num_classes != model.num_classes:
+        why = f"the file has {arch.num_classes} classes, the model {model.num_classes}"
+    else:
+        why = (f"the file's {arch.num_classes}-class head is not used (keep_head=True "
+               "restores it)")
+    message = (f"Loaded {loaded} tensors from {file_name}; {why}: new head initialised to zeros "
+               "(BiT transfer).")
+    log.warning(message)
+    return LoadResult(src.path, src.fmt, arch, loaded, True, message)
+
+
+def _check_head_fits(model: ResNetV2, src: _Source, arch: Architecture, file_head: bool) -> None:
+    """``keep_head=True`` promises the file's classifier: refuse before copying anything."""
+    fix = ("leave keep_head off to start from a zero-initialised head (BiT transfer)")
+    if not file_head:
+        raise ValueError(
+            f"{src.path}: keep_head=True restores the file's head, but the file has no head "
+            f"(the model has {model.num_classes} classes); {fix}."
+        )
+    if arch.num_classes != model.num_classes:
+        raise ValueError(
+            f"{src.path}: keep_head=True restores the file's head, but the file has "
+            f"{arch.num_classes} classes and the model {model.num_classes}. Build the model "
+            f"with num_classes={arch.num_classes} to restore it, or {fix}."
+        )
 
 
 def _file_key(src: _Source, name: str) -> str:
@@ -486,11 +528,14 @@ def to_timm_state_dict(model: ResNetV2) -> dict[str, torch.Tensor]:
 
 
 def load_timm_state_dict(model: ResNetV2, state_dict: Mapping[str, torch.Tensor],
-                         *, strict: bool = True) -> LoadResult:
-    """Load a timm ``resnetv2_*_bit`` state dict (e.g. ``timm_model.state_dict()``)."""
+                         *, strict: bool = True, keep_head: bool = False) -> LoadResult:
+    """Load a timm ``resnetv2_*_bit`` state dict (e.g. ``timm_model.state_dict()``).
+
+    The same rule as :func:`load`: a zero-initialised head unless ``keep_head=True``.
+    """
     src = _state_dict_source("<timm state dict>", {k: (lambda v=v: v) for k, v in state_dict.items()},
                              "state dict")
-    return _assign(model, src, strict=strict)
+    return _assign(model, src, strict=strict, keep_head=keep_head)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -556,7 +601,9 @@ def info_command(args) -> int:
 def convert_command(args) -> int:
     """``bitkit weights convert SRC DST [--timm-names]``."""
     model = _model_for(args.src)
-    load(model, args.src)
+    # A conversion copies everything, the head included; a headless file stays a feature
+    # extractor (its model gets the usual zero head, as before).
+    load(model, args.src, keep_head=describe(args.src).num_classes is not None)
     suffix = Path(args.dst).suffix.lower()
     if suffix == ".npz":
         save_npz(model, args.dst)

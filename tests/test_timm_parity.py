@@ -43,7 +43,7 @@ def _rel(a, b):
 def test_state_dict_mapping_matches_timm(reference):
     ref, x, expected = reference
     ours = create("R50x1", num_classes=CLASSES, ws_eps=1e-8).eval()
-    weights.load_timm_state_dict(ours, ref.state_dict())
+    weights.load_timm_state_dict(ours, ref.state_dict(), keep_head=True)
     with torch.no_grad():
         got = ours(x)
     assert expected.abs().max() > 1  # a non-trivial comparison
@@ -54,7 +54,7 @@ def test_state_dict_mapping_matches_timm(reference):
 def test_default_eps_stays_within_stated_tolerance(reference):
     ref, x, expected = reference
     ours = create("R50x1", num_classes=CLASSES).eval()  # eps 1e-10, as released
-    weights.load_timm_state_dict(ours, ref.state_dict())
+    weights.load_timm_state_dict(ours, ref.state_dict(), keep_head=True)
     with torch.no_grad():
         rel = _rel(ours(x), expected)
     assert rel < 1e-4  # measured 1.7e-5 on this input
@@ -63,13 +63,14 @@ def test_default_eps_stays_within_stated_tolerance(reference):
 def test_npz_writer_is_read_by_timms_loader(reference, tmp_path):
     ref, x, expected = reference
     ours = create("R50x1", num_classes=CLASSES, ws_eps=1e-8).eval()
-    weights.load_timm_state_dict(ours, ref.state_dict())
+    weights.load_timm_state_dict(ours, ref.state_dict(), keep_head=True)
     path = weights.save_npz(ours, tmp_path / "BiT-M-R50x1.npz")
     fresh = timm.create_model("resnetv2_50x1_bit", pretrained=False, num_classes=CLASSES).eval()
     fresh.load_pretrained(str(path))  # timm's own reader of the released layout
     sd_ref, sd_fresh = ref.state_dict(), fresh.state_dict()
     assert all(torch.equal(sd_ref[k], sd_fresh[k]) for k in sd_ref)
-    reloaded = create("R50x1", num_classes=CLASSES, ws_eps=1e-8, weights=str(path)).eval()
+    reloaded = create("R50x1", num_classes=CLASSES, ws_eps=1e-8, weights=str(path),
+                      keep_head=True).eval()
     with torch.no_grad():
         assert torch.equal(reloaded(x), ours(x))
         assert _rel(fresh(x), expected) == 0.0
@@ -78,7 +79,7 @@ def test_npz_writer_is_read_by_timms_loader(reference, tmp_path):
 def test_export_to_timm_state_dict(reference):
     ref, x, expected = reference
     ours = create("R50x1", num_classes=CLASSES, ws_eps=1e-8)
-    weights.load_timm_state_dict(ours, ref.state_dict())
+    weights.load_timm_state_dict(ours, ref.state_dict(), keep_head=True)
     back = timm.create_model("resnetv2_50x1_bit", pretrained=False, num_classes=CLASSES).eval()
     back.load_state_dict(weights.to_timm_state_dict(ours), strict=True)
     with torch.no_grad():

@@ -42,7 +42,7 @@ def test_npz_layout_names_and_hwio(tmp_path):
 def test_npz_round_trip_is_exact(tmp_path):
     a = _random_model()
     p1 = weights.save_npz(a, tmp_path / "a.npz")
-    b = create("R14x0.25", num_classes=10, weights=str(p1))
+    b = create("R14x0.25", num_classes=10, weights=str(p1), keep_head=True)
     assert _same_state(a, b)
     p2 = weights.save_npz(b, tmp_path / "b.npz")
     with np.load(p1) as f1, np.load(p2) as f2:
@@ -57,7 +57,7 @@ def test_safetensors_round_trip_and_metadata(tmp_path):
     path = weights.save_safetensors(a, tmp_path / "a.safetensors")
     md = weights.read_metadata(path)
     assert md["model"] == "R14x0.25" and md["num_classes"] == "10" and md["norm"] == "batch"
-    b = create("R14x0.25", num_classes=10, norm="batch", weights=str(path))
+    b = create("R14x0.25", num_classes=10, norm="batch", weights=str(path), keep_head=True)
     assert _same_state(a, b)
     with pytest.raises(ValueError, match="norm='batch' model.*create\\(..., norm='batch'\\)"):
         create("R14x0.25", num_classes=10, weights=str(path))
@@ -66,11 +66,11 @@ def test_safetensors_round_trip_and_metadata(tmp_path):
 def test_timm_named_files_load(tmp_path):
     a = _random_model()
     path = weights.save_safetensors(a, tmp_path / "timm.safetensors", timm_names=True)
-    b = create("R14x0.25", num_classes=10, weights=str(path))
+    b = create("R14x0.25", num_classes=10, weights=str(path), keep_head=True)
     assert _same_state(a, b)
     pt = tmp_path / "timm.pt"
     torch.save(weights.to_timm_state_dict(a), pt)
-    assert _same_state(a, create("R14x0.25", num_classes=10, weights=str(pt)))
+    assert _same_state(a, create("R14x0.25", num_classes=10, weights=str(pt), keep_head=True))
 
 
 def test_numbered_conv_names_are_normalised(tmp_path):
@@ -79,7 +79,8 @@ def test_numbered_conv_names_are_normalised(tmp_path):
     with np.load(path) as f:
         arrays = {k.replace("standardized_conv2d", "standardized_conv2d_3"): f[k] for k in f.files}
     np.savez(tmp_path / "numbered.npz", **arrays)
-    assert _same_state(a, create("R14x0.25", num_classes=10, weights=str(tmp_path / "numbered.npz")))
+    assert _same_state(a, create("R14x0.25", num_classes=10, weights=str(tmp_path / "numbered.npz"),
+                                 keep_head=True))
 
 
 def test_other_num_classes_gets_a_zero_head_and_says_so(tmp_path, caplog):
@@ -134,7 +135,7 @@ def test_missing_key_and_wrong_shape_are_named(tmp_path):
     with pytest.raises(ValueError, match="vit/embedding/kernel.*not a BiT ResNet checkpoint"):
         create("R14x0.25", num_classes=10, weights=str(tmp_path / "extra.npz"))
     m = create("R14x0.25", num_classes=10)
-    assert weights.load(m, tmp_path / "extra.npz", strict=False).loaded == len(arrays)
+    assert weights.load(m, tmp_path / "extra.npz", strict=False, keep_head=True).loaded == len(arrays)
 
 
 def test_user_mistakes_get_clear_messages(tmp_path):
@@ -181,7 +182,9 @@ def test_cli_info_and_convert(tmp_path, capsys):
     assert main(["weights", "info", str(src)]) == 0
     assert "R14x0.25" in capsys.readouterr().out
     assert main(["weights", "convert", str(src), str(tmp_path / "b.safetensors")]) == 0
-    assert _same_state(a, create("R14x0.25", num_classes=10, weights=str(tmp_path / "b.safetensors")))
+    # a conversion keeps the head: restoring the converted file gives the source model back
+    assert _same_state(a, create("R14x0.25", num_classes=10, weights=str(tmp_path / "b.safetensors"),
+                                 keep_head=True))
     assert main(["weights", "info", str(tmp_path / "nope.npz")]) == 2
     assert "No weights file" in capsys.readouterr().err
 
