@@ -28,6 +28,8 @@ DEFAULT_CELL_TIMEOUT = 3600
 KERNEL = "bitkit"
 HYPERRULE_BATCH = 512
 HYPERRULE_LR = 0.003
+BIT_BUCKET = "https://storage.googleapis.com/bit_models"
+FETCH_SOURCES = ("auto", "hub", "bucket")
 
 
 def _demo(p: argparse.ArgumentParser) -> None:
@@ -51,6 +53,28 @@ def _weights(p: argparse.ArgumentParser) -> None:
     conv.add_argument("--timm-names", action="store_true",
                       help="write timm's parameter names (for timm.create_model)")
     conv.set_defaults(handler="bitkit.weights:convert_command")
+    fetch = sub.add_parser(
+        "fetch", help="download a released checkpoint once and print its path",
+        description="Download a released BiT checkpoint into the cache and print its path; a "
+        "file already there needs no network. BiT-M upstream and BiT-M fine-tuned on "
+        "ILSVRC-2012 come from the Hugging Face Hub (timm's copies, in the Hugging Face cache "
+        "$HF_HUB_CACHE), the rest (BiT-S, VTAB-1k runs) from Google's bucket, resumable and "
+        "md5-checked. Offline (no network, HF_HUB_OFFLINE=1) the error says how to download "
+        "the file by hand.")
+    fetch.add_argument("name", nargs="?", metavar="NAME",
+                       help="a released name: BiT-M-R50x1, BiT-S-R101x3, BiT-M-R50x1-ILSVRC2012, "
+                       "BiT-M-R50x1-run0-caltech101, ... (--list shows them)")
+    fetch.add_argument("--list", action="store_true",
+                       help="list the released names and where each comes from, and exit")
+    fetch.add_argument("--cache-dir", metavar="DIR",
+                       help="folder for the files (default $BITKIT_WEIGHTS or "
+                       "~/.cache/bitkit/weights)")
+    fetch.add_argument("--source", choices=FETCH_SOURCES, default="auto",
+                       help="auto (default): the Hub where the name is there, else or on failure "
+                       "Google's bucket; hub or bucket: only that one")
+    fetch.add_argument("--base-url", metavar="URL",
+                       help=f"a mirror of Google's bucket (default {BIT_BUCKET})")
+    fetch.set_defaults(handler="bitkit.weights:fetch_command")
 
 
 def _hyperrule(p: argparse.ArgumentParser) -> None:
@@ -132,8 +156,8 @@ COMMANDS: list[tuple[str, str, str, Callable[[argparse.ArgumentParser], None]]] 
     ("demo", "the smallest end-to-end job: model, weights round trip, parameter table",
      "Build a model, write and read back the released .npz layout, print its parameters.",
      _demo),
-    ("weights", "inspect and convert checkpoints (.npz, safetensors, timm)",
-     "Inspect and convert BiT checkpoints.", _weights),
+    ("weights", "fetch, inspect and convert checkpoints (.npz, safetensors, timm)",
+     "Download, inspect and convert BiT checkpoints.", _weights),
     ("hyperrule", "print BiT-HyperRule's hyper-parameters for a task, with reasons",
      "BiT-HyperRule (paper 3.3) for a dataset card, or for N training images of H x W "
      "pixels (--train-size, --image-size).", _hyperrule),

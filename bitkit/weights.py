@@ -10,8 +10,11 @@ Loading is BiT transfer by default: the body comes from the file and the head (w
 starts at zero whatever the class counts, as the paper (3.3, 4.1) and Google's code do;
 ``keep_head=True`` restores the file's head exactly, for evaluating or converting a file.
 
-Released files are not downloaded by default: fetch them yourself from
-``https://storage.googleapis.com/bit_models/<name>.npz`` and pass the path, or call :func:`fetch`.
+Released files are not downloaded unless asked: :func:`fetch` (``bitkit weights fetch NAME``)
+gets one into ``$BITKIT_WEIGHTS`` (``~/.cache/bitkit/weights``) from the Hugging Face Hub, where
+timm publishes BiT-M, or from Google's bucket ``https://storage.googleapis.com/bit_models``,
+with resume and an md5 check. Offline, its error says how to download the file by hand; any
+path works as ``weights=``.
 
 This module builds on the architecture (:mod:`bitkit.resnetv2`) and never imports
 :mod:`bitkit.models`, whose ``create(name, weights=path)`` calls :func:`load`.
@@ -19,11 +22,17 @@ This module builds on the architecture (:mod:`bitkit.resnetv2`) and never import
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import http.client
+import importlib
+import inspect
 import logging
 import os
 import pickle
 import re
-import shutil
+import shlex
+import sys
 import urllib.error
 import urllib.request
 import zipfile
@@ -36,6 +45,7 @@ import numpy as np
 import torch
 
 from bitkit.fileio import atomic_write
+from bitkit.inputs import did_you_mean
 from bitkit.resnetv2 import CONFIGS, RELEASED_SIZES, ResNetV2
 
 log = logging.getLogger(__name__)
@@ -311,9 +321,29 @@ def _architecture(src: _Source) -> Architecture:
     return Architecture(tuple(units[s] for s in sorted(units)), width, classes)
 
 
+def _bit_architecture(src: _Source) -> Architecture:
+    """The architecture of a BiT ResNet-v2 file; a ``ValueError`` for anything else.
+
+    A file counts when it has the stem or residual-unit weights (in the released, timm or
+    bitkit names); a partial one (no head, some units missing) is still described.
+    """
+    arch = _architecture(src)
+    if not arch.units and arch.width is None:
+        keys = list(src.file_keys.values()) + src.unexpected
+        shown = ", ".join(repr(k) for k in keys[:3]) + (f" and {len(keys) - 3} more"
+                                                         if len(keys) > 3 else "")
+        holds = f"holds {len(keys)} tensors ({shown})" if keys else "holds no tensors"
+        raise ValueError(f"{src.path} {holds}: it is not a BiT ResNet-v2 checkpoint (no stem "
+                         "or residual-unit weights in the released, timm or bitkit names).")
+    return arch
+
+
 def describe(path: str | os.PathLike) -> Architecture:
-    """Which model a weights file holds (units per stage, width, classes), without a model."""
-    return _architecture(_open(path))
+    """Which model a weights file holds (units per stage, width, classes), without a model.
+
+    Raises a ``ValueError`` for a file that is not a BiT ResNet-v2 checkpoint.
+    """
+    return _bit_architecture(_open(path))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -539,47 +569,423 @@ def load_timm_state_dict(model: ResNetV2, state_dict: Mapping[str, torch.Tensor]
 
 
 # ---------------------------------------------------------------------------------------------
-# Released files
+# Released files: where each one comes from, and fetching it
 # ---------------------------------------------------------------------------------------------
+
+#: Where :func:`fetch` may download from: ``auto`` tries the Hub for the names timm publishes,
+#: then Google's bucket.
+FETCH_SOURCES = ("auto", "hub", "bucket")
+#: The file in each of timm's Hub repositories: a state dict in timm's parameter names.
+HUB_FILENAME = "model.safetensors"
+_FINE_TUNED = "-ILSVRC2012"
+# The 285 VTAB-1k runs live under vtab/ in the bucket: BiT-M-R50x1-run0-caltech101.npz, ...
+_VTAB_RE = re.compile(r"BiT-[SM]-R\d+x\d+-run\d+-[A-Za-z0-9_.-]+")
+_CHUNK = 1 << 20
+_TIMEOUT = 60  # seconds without a byte before a download counts as broken
 
 
 def released_names() -> list[str]:
-    """Upstream checkpoints as released: BiT-S (ILSVRC-2012) and BiT-M (ImageNet-21k)."""
+    """Upstream checkpoints as released: BiT-S (ILSVRC-2012) and BiT-M (ImageNet-21k).
+
+    Google's bucket also holds BiT-M fine-tuned on ILSVRC-2012 (``BiT-M-R50x1-ILSVRC2012``),
+    the VTAB-1k runs and distilled models; :func:`released_sources` says where each comes from.
+    """
     return [f"BiT-{u}-{s}" for u in ("S", "M") for s in RELEASED_SIZES]
 
 
+@dataclass(frozen=True)
+class WeightsSource:
+    """Where one released checkpoint can be downloaded from.
+
+    ``url`` is Google's bucket (the released ``.npz``, every name has one); ``hub_repo`` the
+    Hugging Face Hub repository in which timm publishes the same weights as ``model.safetensors``
+    (timm's conversion of that .npz, in timm's names), or None.
+    """
+
+    name: str
+    url: str
+    hub_repo: str | None
+    about: str
+
+    @property
+    def hub_command(self) -> str | None:
+        """The shell line that downloads the Hub copy by hand (None: not on the Hub)."""
+        return f"hf download {self.hub_repo} {HUB_FILENAME}" if self.hub_repo else None
+
+
+def _normalise(name: str) -> str:
+    name = str(name).strip().removesuffix(".npz").removeprefix("vtab/")
+    if (not name or name.startswith(("/", ".")) or "\\" in name or ".." in name.split("/")
+            or name.endswith("/")):
+        raise ValueError(f"{name!r} is not a released checkpoint name; `bitkit weights fetch "
+                         "--list` shows them (e.g. BiT-M-R50x1)")
+    return name
+
+
+def hub_repo(name: str) -> str | None:
+    """The Hub repository holding ``name``'s weights (timm's copy), or None if timm has none.
+
+    timm publishes BiT-M upstream (``timm/resnetv2_50x1_bit.goog_in21k``, 21843 classes) and
+    BiT-M fine-tuned on ILSVRC-2012 (``...goog_in21k_ft_in1k``) for the six released sizes.
+    BiT-S, the VTAB-1k runs and the distilled models are only in Google's bucket. (timm's
+    ``goog_distilled_in1k`` and ``goog_teacher_*`` weights are the distillation paper's, not
+    released BiT names.)
+    """
+    name = _normalise(name)
+    base = name.removesuffix(_FINE_TUNED)
+    size = base.removeprefix("BiT-M-")
+    if size == base or size not in RELEASED_SIZES:
+        return None
+    depth, width = size[1:].split("x")
+    tag = "goog_in21k_ft_in1k" if name.endswith(_FINE_TUNED) else "goog_in21k"
+    return f"timm/resnetv2_{depth}x{width}_bit.{tag}"
+
+
+def source_of(name: str, base_url: str = RELEASE_URL) -> WeightsSource:
+    """Where ``name`` comes from: its bucket URL (under ``base_url``) and its Hub repository."""
+    name = _normalise(name)
+    vtab = bool(_VTAB_RE.fullmatch(name))
+    url = f"{base_url.rstrip('/')}/{'vtab/' if vtab else ''}{name}.npz"
+    if name.startswith("BiT-S-"):
+        about = "ILSVRC-2012 upstream, 1000 classes"
+    elif vtab:
+        about = "BiT-M fine-tuned on a VTAB-1k task (one of three runs)"
+    elif name.endswith(_FINE_TUNED):
+        about = "ImageNet-21k upstream fine-tuned on ILSVRC-2012, 1000 classes"
+    elif name.startswith("BiT-M-"):
+        about = "ImageNet-21k upstream, 21843 classes"
+    else:
+        about = "a file in Google's bucket"
+    return WeightsSource(name, url, hub_repo(name), about)
+
+
+def released_sources(base_url: str = RELEASE_URL) -> dict[str, WeightsSource]:
+    """Every released name bitkit lists -> where it comes from.
+
+    The twelve upstream checkpoints (:func:`released_names`) and the six BiT-M fine-tuned on
+    ILSVRC-2012. :func:`fetch` also takes the VTAB-1k runs (``BiT-M-R50x1-run0-caltech101``) and
+    any other file of the bucket (``distill/R50x1_224``), from the bucket.
+    """
+    names = released_names() + [f"BiT-M-{s}{_FINE_TUNED}" for s in RELEASED_SIZES]
+    return {n: source_of(n, base_url) for n in names}
+
+
 def default_cache_dir() -> Path:
-    return Path(os.environ.get("BITKIT_WEIGHTS", Path.home() / ".cache" / "bitkit" / "weights"))
+    """``$BITKIT_WEIGHTS``, or ``~/.cache/bitkit/weights``: where :func:`fetch` keeps files."""
+    return Path(os.environ.get("BITKIT_WEIGHTS") or Path.home() / ".cache" / "bitkit" / "weights"
+                ).expanduser()
+
+
+class WeightsUnavailable(FileNotFoundError):
+    """A released checkpoint that could not be downloaded: no network, offline mode
+    (``HF_HUB_OFFLINE=1``), a refused connection, a download that broke off, no such file.
+
+    The message says how to get the file by hand: the URL, a ``curl`` line, the Hub
+    alternative, and where to put it so that :func:`fetch` finds it without network.
+    """
+
+    def __init__(self, message: str, source: WeightsSource, target: Path) -> None:
+        super().__init__(message)
+        self.source, self.target = source, target
+
+
+class DownloadCorrupted(ValueError):
+    """A download that arrived whole but is wrong: its md5 differs from the server's, or it is
+    not a readable BiT checkpoint. Its ``.part`` file is deleted; fetching again starts afresh."""
+
+
+class _SourceFailed(Exception):
+    """One source could not deliver (network, offline, missing): :func:`fetch` tries the next.
+    ``missing``: the server said there is no such file, so downloading by hand cannot help."""
+
+    def __init__(self, message: str, missing: bool = False) -> None:
+        super().__init__(message)
+        self.missing = missing
+
+
+class _Interrupted(Exception):
+    """The connection ended before the whole file arrived; the ``.part`` stays for a resume."""
 
 
 def fetch(name: str, cache_dir: str | os.PathLike | None = None,
-          base_url: str = RELEASE_URL) -> Path:
-    """Path of a released checkpoint, downloading ``<base_url>/<name>.npz`` once if needed.
+          base_url: str = RELEASE_URL, *, source: str = "auto",
+          hub_cache_dir: str | os.PathLike | None = None, progress: bool | None = None,
+          retries: int = 2) -> Path:
+    """Path of a released checkpoint, downloaded once; a file already there needs no network.
 
-    Any released file name works (``BiT-M-R50x1``, ``BiT-M-R50x1-ILSVRC2012``, VTAB runs).
-    Without network access download it by hand and pass the path, or put it in ``cache_dir``
-    (default ``$BITKIT_WEIGHTS`` or ``~/.cache/bitkit/weights``).
+    ``name``: a released name (``BiT-M-R50x1``, ``BiT-S-R101x3``, ``BiT-M-R50x1-ILSVRC2012``,
+    ``BiT-M-R50x1-run0-caltech101``; ``.npz`` optional). ``source``:
+
+    - ``"hub"``: the Hugging Face Hub copy timm publishes (``timm/resnetv2_50x1_bit.goog_in21k``,
+      ``model.safetensors``) through ``huggingface_hub``, into its own cache (``$HF_HUB_CACHE``,
+      or ``hub_cache_dir``); only BiT-M upstream and BiT-M fine-tuned on ILSVRC-2012 are there.
+    - ``"bucket"``: ``<base_url>/<name>.npz`` from Google's bucket into ``cache_dir`` (default
+      ``$BITKIT_WEIGHTS`` or ``~/.cache/bitkit/weights``), with a progress bar (``progress``;
+      default: on in a terminal or Jupyter, off otherwise and under ``BITKIT_RUN_QUIET=1``),
+      resume of a broken download from ``<name>.npz.part`` by an HTTP Range request
+      (``retries`` times in one call, and on the next call), the md5 of the server's
+      ``x-goog-hash`` header and a check that the file is a BiT checkpoint, all before the
+      file is renamed into place.
+    - ``"auto"`` (default): the Hub where the name is there, else (or when it fails) the bucket.
+
+    Offline, or when no source answers, raises :class:`WeightsUnavailable` (a
+    ``FileNotFoundError``) saying how to download the file by hand. A file put by hand at
+    ``<cache_dir>/<name>.npz``, or ``<cache_dir>/<name>/model.safetensors`` (``hf download ...
+    --local-dir <cache_dir>/<name>``), is returned without network; ``weights=PATH`` takes
+    either file wherever it is.
     """
-    name = name.removesuffix(".npz")
-    target = Path(cache_dir or default_cache_dir()) / f"{name}.npz"
-    if target.is_file():
+    if source not in FETCH_SOURCES:
+        raise ValueError(f"source={source!r}: choose one of {', '.join(FETCH_SOURCES)}")
+    src = source_of(name, base_url)
+    if source == "hub" and not src.hub_repo:
+        raise ValueError(f"{src.name} is not on the Hugging Face Hub: timm publishes BiT-M and "
+                         f"BiT-M-...{_FINE_TUNED} only (`bitkit weights fetch --list`); use "
+                         "source='bucket'")
+    cache = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
+    target = cache / f"{src.name}.npz"
+    hand_hub = cache / src.name / HUB_FILENAME  # where `hf download --local-dir` puts it
+    use_hub = bool(src.hub_repo) and source in ("auto", "hub")
+    use_bucket = source in ("auto", "bucket")
+    if use_bucket and target.is_file():
         return target
-    url = f"{base_url.rstrip('/')}/{name}.npz"
-    try:
-        with urllib.request.urlopen(url, timeout=60) as response:
+    if use_hub and hand_hub.is_file():
+        return hand_hub
+    if progress is None:
+        progress = os.environ.get("BITKIT_RUN_QUIET", "0") != "1" and _interactive()
 
-            atomic_write(target, lambda f: shutil.copyfileobj(response, f, length=1 << 20))
-    except (urllib.error.URLError, OSError) as e:
-        raise FileNotFoundError(
-            f"Could not download {url} ({e}). Download it on a machine with internet access "
-            f"and put it at {target}, or pass its path as weights=..."
-        ) from e
-    log.info("downloaded %s to %s", url, target)
+    failures: list[_SourceFailed] = []
+    if use_hub:
+        try:
+            return _fetch_hub(src, hub_cache_dir, progress)
+        except _SourceFailed as e:
+            failures.append(e)
+            log.info("%s", e)
+    if use_bucket:
+        try:
+            return _fetch_bucket(src, target, progress=progress, retries=retries)
+        except _SourceFailed as e:
+            failures.append(e)
+    raise WeightsUnavailable(_by_hand(src, target, cache, failures), src, target)
+
+
+def _interactive() -> bool:
+    """Someone watches: a terminal, or a Jupyter kernel (whose stderr is no TTY but shows bars;
+    ``bitkit run`` executes notebooks with ``BITKIT_RUN_QUIET=1``)."""
+    err = sys.stderr
+    return err is not None and (err.isatty() or type(err).__module__.startswith("ipykernel"))
+
+
+def _by_hand(src: WeightsSource, target: Path, cache: Path, failures: list[_SourceFailed]) -> str:
+    why = "; ".join(str(f) for f in failures)
+    if any(f.missing for f in failures):
+        return f"Could not download {src.name}: {why}."
+    q = shlex.quote
+    lines = [f"Could not download {src.name} ({why}); put it at {target} by hand, on a machine "
+             "with internet access:",
+             f"  curl -L -o {q(str(target))} {q(src.url)}",
+             f"  (or: wget -O {q(str(target))} {q(src.url)})"]
+    if src.hub_repo:
+        lines.append(f"  or from the Hugging Face Hub: {src.hub_command} --local-dir "
+                     f"{q(str(cache / src.name))}  (huggingface-cli download ... before "
+                     "huggingface_hub 1.0)")
+    lines.append(f"Files in the cache folder {cache} ($BITKIT_WEIGHTS, default "
+                 "~/.cache/bitkit/weights) are used without network; weights=PATH also takes "
+                 "the file directly, wherever it is.")
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------ the Hugging Face Hub
+
+
+def _hub_offline() -> bool:
+    from huggingface_hub import constants
+
+    # huggingface_hub reads HF_HUB_OFFLINE once, at import: look at the variable now as well.
+    now = os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in {"1", "ON", "YES", "TRUE"}
+    return now or bool(constants.HF_HUB_OFFLINE)
+
+
+def _hub_errors() -> tuple[type[BaseException], ...]:
+    """What hf_hub_download raises when the Hub cannot deliver (its HTTP client's errors too)."""
+    from huggingface_hub.errors import EntryNotFoundError
+
+    errors: list[type[BaseException]] = [OSError, EntryNotFoundError]
+    for client in ("httpx2", "httpx"):  # huggingface_hub >= 2 / 1.x; requests' errors are OSErrors
+        try:
+            errors.append(importlib.import_module(client).HTTPError)
+        except (ImportError, AttributeError):
+            pass
+    return tuple(errors)
+
+
+def _fetch_hub(src: WeightsSource, hub_cache_dir: str | os.PathLike | None,
+               progress: bool) -> Path:
+    from huggingface_hub import constants, hf_hub_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    offline = _hub_offline()
+    # like offline mode, huggingface_hub reads HF_HUB_CACHE at import: pass today's value
+    cache = hub_cache_dir or os.environ.get("HF_HUB_CACHE") or None
+    kwargs: dict = {"cache_dir": cache, "local_files_only": offline}
+    if not progress and "tqdm_class" in inspect.signature(hf_hub_download).parameters:
+        kwargs["tqdm_class"] = _silent_tqdm()
+    try:
+        path = Path(hf_hub_download(src.hub_repo, HUB_FILENAME, **kwargs))
+    except _hub_errors() as e:
+        where = cache or constants.HF_HUB_CACHE
+        if offline:
+            why = f"offline (HF_HUB_OFFLINE=1) and not in its cache {where}"
+        elif isinstance(e, LocalEntryNotFoundError):  # no connection (after its own retries)
+            why = (f"not reachable and not in its cache {where} (HF_HUB_OFFLINE=1 skips the "
+                   "Hub at once)")
+        else:
+            why = f"{type(e).__name__}: {(str(e).strip().splitlines() or [repr(e)])[0]}"
+        raise _SourceFailed(f"Hugging Face Hub {src.hub_repo}: {why}") from e
+    _bit_architecture(_open(path))  # timm's file must be the BiT ResNet it claims to be
+    log.info("%s: %s from the Hugging Face Hub (%s)", src.name, path, src.hub_repo)
+    return path
+
+
+def _silent_tqdm():
+    from huggingface_hub.utils import tqdm as hub_tqdm  # takes the name= that vanilla tqdm refuses
+
+    class SilentTqdm(hub_tqdm):  # huggingface_hub's own bar, when progress is off
+        def __init__(self, *args, **kwargs):
+            kwargs["disable"] = True
+            super().__init__(*args, **kwargs)
+
+    return SilentTqdm
+
+
+# ------------------------------------------------------------------ Google's bucket
+
+
+def _fetch_bucket(src: WeightsSource, target: Path, *, progress: bool, retries: int) -> Path:
+    part = target.with_name(target.name + ".part")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    for attempt in range(retries + 1):
+        try:
+            expected, got = _download(src.url, part, label=src.name, progress=progress)
+            break
+        except _Interrupted as e:
+            if attempt == retries:
+                raise _SourceFailed(
+                    f"{src.url}: {e}; {part} keeps what arrived and the next fetch resumes "
+                    "from there") from e
+            log.warning("%s: %s; resuming (%d of %d)", src.url, e, attempt + 1, retries)
+        except urllib.error.HTTPError as e:
+            if e.code in (403, 404):  # GCS answers 403 or 404 for a name it does not hold
+                raise _SourceFailed(
+                    f"{src.url}: HTTP Error {e.code} {e.reason}: no such file"
+                    f"{did_you_mean(src.name, released_sources())}; `bitkit weights fetch "
+                    "--list` shows the released names", missing=True) from e
+            raise _SourceFailed(f"{src.url}: HTTP Error {e.code} {e.reason}") from e
+        except (urllib.error.URLError, OSError, http.client.HTTPException) as e:
+            raise _SourceFailed(f"{src.url}: {getattr(e, 'reason', None) or e}") from e
+    _verify_download(src, part, expected, got)
+    os.replace(part, target)  # atomic: the cache never holds a half-written or unchecked file
+    log.info("downloaded %s to %s", src.url, target)
     return target
 
 
+def _download(url: str, part: Path, *, label: str, progress: bool) -> tuple[str | None, str]:
+    """Download ``url`` into ``part``, resuming from its size: (the server's md5, ours), base64."""
+    start = part.stat().st_size if part.is_file() else 0
+    request = urllib.request.Request(url, headers={"Range": f"bytes={start}-"} if start else {})
+    try:
+        response = urllib.request.urlopen(request, timeout=_TIMEOUT)
+    except urllib.error.HTTPError as e:
+        if e.code != 416 or not start:
+            raise
+        e.close()  # 416: the part is not a prefix of this file (e.g. it changed): start again
+        log.warning("%s: cannot resume from byte %d; downloading from the start", url, start)
+        part.unlink()
+        return _download(url, part, label=label, progress=progress)
+    with response:
+        status = getattr(response, "status", None)
+        total = _content_length(response.headers.get("Content-Length"))
+        if start and status == 206:
+            first, total = _content_range(response.headers.get("Content-Range"))
+            if first != start:  # not the bytes asked for: start again, without Range
+                log.warning("%s: asked for byte %d on, got %s: downloading from the start",
+                            url, start, response.headers.get("Content-Range"))
+                response.close()
+                part.unlink()
+                return _download(url, part, label=label, progress=progress)
+        elif start:  # 200: the server ignored Range and sends the whole file
+            log.warning("%s ignores Range requests: downloading from the start", url)
+            start = 0
+        expected = _goog_md5(response)
+        md5 = hashlib.md5()
+        if start:
+            with open(part, "rb") as f:
+                for block in iter(lambda: f.read(_CHUNK), b""):
+                    md5.update(block)
+        done = start
+        with open(part, "ab" if start else "wb") as f, _progress_bar(label, total, start, progress) as bar:
+            while True:
+                try:
+                    chunk = response.read(_CHUNK)
+                except (OSError, http.client.HTTPException) as e:
+                    raise _Interrupted(f"the download broke off after {done} of "
+                                       f"{total or '?'} bytes ({type(e).__name__}: {e})") from e
+                if not chunk:
+                    break
+                f.write(chunk)
+                md5.update(chunk)
+                done += len(chunk)
+                bar.update(len(chunk))
+        if total is not None and done < total:
+            raise _Interrupted(f"the connection closed after {done} of {total} bytes")
+    return expected, base64.b64encode(md5.digest()).decode()
+
+
+def _progress_bar(label: str, total: int | None, initial: int, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, desc=label, unit="B", unit_scale=True,
+                unit_divisor=1024, disable=not enabled, leave=False)
+
+
+def _content_length(value: str | None) -> int | None:
+    return int(value) if value and value.strip().isdigit() else None
+
+
+def _content_range(value: str | None) -> tuple[int | None, int | None]:
+    """``bytes 100-199/200`` -> (100, 200); the total is None when the server says ``*``."""
+    m = re.fullmatch(r"\s*bytes\s+(\d+)-\d+/(\d+|\*)\s*", value or "")
+    if not m:
+        return None, None
+    return int(m.group(1)), (int(m.group(2)) if m.group(2) != "*" else None)
+
+
+def _goog_md5(response) -> str | None:
+    """The base64 md5 of the whole object from Google Cloud Storage's ``x-goog-hash`` header(s)
+    (``crc32c=...,md5=...``, one header or several; composite objects have no md5)."""
+    for value in response.headers.get_all("x-goog-hash") or []:
+        for item in value.split(","):
+            key, _, digest = item.strip().partition("=")
+            if key.strip().lower() == "md5" and digest:
+                return digest.strip()
+    return None
+
+
+def _verify_download(src: WeightsSource, part: Path, expected: str | None, got: str) -> None:
+    if expected is not None and expected != got:
+        part.unlink(missing_ok=True)
+        raise DownloadCorrupted(
+            f"{src.url}: the download does not match the server's checksum (md5 {got}, the "
+            f"x-goog-hash header says {expected}); deleted {part.name}, fetch it again")
+    try:
+        _bit_architecture(_npz_source(str(part)))
+    except ValueError as e:  # DamagedFile included
+        part.unlink(missing_ok=True)
+        raise DownloadCorrupted(f"{src.url}: the download is not a readable BiT checkpoint "
+                                f"({e}); deleted {part.name}") from e
+
+
 # ---------------------------------------------------------------------------------------------
-# Command line: bitkit weights info|convert
+# Command line: bitkit weights info|convert|fetch
 # ---------------------------------------------------------------------------------------------
 
 
@@ -591,7 +997,7 @@ def _model_for(path: str) -> ResNetV2:
 
 
 def info_command(args) -> int:
-    """``bitkit weights info PATH``."""
+    """``bitkit weights info PATH``; a file that is not a BiT ResNet-v2 is an error (exit 2)."""
     arch = describe(args.path)
     print(f"{args.path}: {arch.name}, units per stage {arch.units}, width {arch.width}, "
           f"{arch.num_classes if arch.num_classes is not None else 'no'} output classes")
@@ -616,3 +1022,29 @@ def convert_command(args) -> int:
         raise ValueError(f"{args.dst}: choose a .npz, .safetensors or .pt output")
     print(f"wrote {args.dst} ({model.name}, {model.num_classes} classes)")
     return 0
+
+
+def fetch_command(args) -> int:
+    """``bitkit weights fetch NAME [--cache-dir DIR] [--source auto|hub|bucket] [--base-url URL]``,
+    or ``--list``: the names and where each comes from."""
+    if args.list:
+        print(sources_table())
+        return 0
+    if not args.name:
+        raise ValueError("give a released name, e.g. `bitkit weights fetch BiT-M-R50x1` "
+                         "(`bitkit weights fetch --list` shows them)")
+    print(fetch(args.name, args.cache_dir, args.base_url or RELEASE_URL, source=args.source))
+    return 0
+
+
+def sources_table(base_url: str = RELEASE_URL) -> str:
+    """The released names, what each holds and where :func:`fetch` gets it, as text."""
+    rows = [("NAME", "HOLDS", "SOURCES (auto tries them in this order)")]
+    for s in released_sources(base_url).values():
+        rows.append((s.name, s.about, (f"hub {s.hub_repo}, " if s.hub_repo else "") + "bucket"))
+    widths = [max(len(r[i]) for r in rows) for i in range(2)]
+    lines = [f"{a:<{widths[0]}}  {b:<{widths[1]}}  {c}" for a, b, c in rows]
+    lines += ["", f"Bucket: {base_url.rstrip('/')}/<NAME>.npz. Also from the bucket: the VTAB-1k "
+              "runs, BiT-M-{R50x1,R101x1,R50x3,R101x3,R152x4}-run{0,1,2}-<task> (e.g. "
+              "BiT-M-R50x1-run0-caltech101), and distill/R50x1_224 etc."]
+    return "\n".join(lines)

@@ -54,7 +54,7 @@ def test_every_command_and_option_has_help():
 
 def test_every_handler_exists():
     handlers = {p.get_default("handler") for _, p in _parsers(cli.build_parser())} - {None}
-    assert len(handlers) == 8
+    assert len(handlers) == 9
     for spec in handlers:
         assert callable(cli._handler(spec)), spec
 
@@ -64,6 +64,9 @@ def test_defaults_shown_in_help_are_the_codes():
 
     assert (cli.DEFAULT_CELL_TIMEOUT, cli.KERNEL) == (runs.DEFAULT_CELL_TIMEOUT, runs.KERNEL)
     assert (cli.HYPERRULE_BATCH, cli.HYPERRULE_LR) == (hyperrule.BATCH_SIZE, hyperrule.BASE_LR)
+    from bitkit import weights
+
+    assert (cli.BIT_BUCKET, cli.FETCH_SOURCES) == (weights.RELEASE_URL, weights.FETCH_SOURCES)
 
 
 def test_hyperrule_takes_a_card_name_as_the_python_api_does(capsys):
