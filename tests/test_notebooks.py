@@ -100,6 +100,27 @@ def run(name, tmp_path, **params):
     return result.metrics
 
 
+def values(v):
+    """A figure's data array as a list: plotly writes numeric arrays as typed binary
+    (``{"dtype": "f8", "bdata": base64}``)."""
+    if isinstance(v, dict) and "bdata" in v:
+        import base64
+
+        import numpy as np
+
+        return np.frombuffer(base64.b64decode(v["bdata"]), dtype=v["dtype"]).tolist()
+    return list(v)
+
+
+def figures(out_dir, title_start):
+    """The plotly figures (JSON) in an executed lesson whose title starts with ``title_start``."""
+    (executed,) = out_dir.glob("*.ipynb")
+    nb = nbformat.read(str(executed), as_version=4)
+    found = [o["data"]["application/vnd.plotly.v1+json"] for c in nb.cells if c.cell_type == "code"
+             for o in c.outputs if "application/vnd.plotly.v1+json" in o.get("data", {})]
+    return [f for f in found if f["layout"]["title"]["text"].startswith(title_start)]
+
+
 @pytest.mark.slow
 def test_00_quickstart(shared_cache, tmp_path):
     m = run("00_quickstart", tmp_path, **UPSTREAM, train_size=500, steps=50, test_size=400)
@@ -144,6 +165,16 @@ def test_01_architecture(shared_cache, tmp_path):
     assert all(0 <= t <= 100 for t in m["top1"].values())
     assert abs(m["gnws_split_drop"]) <= 5  # the same update either way, up to float noise
     assert m["chance_top1"] == 5.0
+    # the bar chart shows what the lesson computed: one bar per run, side by side
+    (fig,) = figures(tmp_path / "01_architecture", "From scratch on")
+    assert fig["layout"]["barmode"] == "group"
+    bars = {t["name"]: dict(zip(values(t["x"]), values(t["y"]), strict=True))
+            for t in fig["data"] if t["type"] == "bar"}
+    assert set(bars) == {"16 per device", "4 per device"}
+    for batch in (16, 4):
+        got = bars[f"{batch} per device"]
+        assert list(got) == ["BN", "BN+WS", "GN", "GN+WS"]
+        assert got == pytest.approx({v: m["top1"][f"{v}@{batch}"] for v in got}, abs=1e-4)
 
 
 @pytest.mark.slow
