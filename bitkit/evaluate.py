@@ -250,6 +250,17 @@ class Report:
                  "predicted": int(p[i]), "predicted_name": self.class_names[p[i]],
                  "count": int(cm[t[i], p[i]])} for i in order]
 
+    def most_confused_table(self, n: int = 10, min_count: int = 1) -> str:
+        """:meth:`most_confused` as a plain-text table to print (true, predicted, count)."""
+        pairs = self.most_confused(n, min_count)
+        if not pairs:
+            return "no confusions: every example is classified correctly"
+        rows = [("true class", "predicted as", "count")] + [
+            (p["true_name"], p["predicted_name"], str(p["count"])) for p in pairs]
+        w0, w1 = (max(len(r[i]) for r in rows) for i in (0, 1))
+        return "\n".join(f"{a:<{w0}}  {'→' if i else ' '}  {b:<{w1}}  {c:>5}"
+                         for i, (a, b, c) in enumerate(rows))
+
     def per_class_accuracy(self) -> np.ndarray:
         """(C,) fraction of each true class predicted correctly (NaN for classes with no example)."""
         cm = self.confusion_matrix()

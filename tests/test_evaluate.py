@@ -30,6 +30,11 @@ def test_accuracy_confusion_and_per_class_known_answers():
     mc = r.most_confused(3)
     assert [(m["true_name"], m["predicted_name"], m["count"]) for m in mc] == [
         ("cat", "dog", 2), ("dog", "cat", 1), ("fox", "dog", 1)]
+    assert r.most_confused_table(3).splitlines() == [
+        "true class     predicted as  count",
+        "cat         →  dog               2",
+        "dog         →  cat               1",
+        "fox         →  dog               1"]
 
 
 def test_topk_accuracy():

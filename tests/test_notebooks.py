@@ -130,6 +130,17 @@ def test_00_quickstart(shared_cache, tmp_path):
     assert m["transfer_top1"] > m["scratch_top1"] + 5  # the lesson's claim, with a margin
     assert m["gain"] == pytest.approx(m["transfer_top1"] - m["scratch_top1"], abs=1e-3)
     assert m["mistakes"] == round(400 * (1 - m["transfer_top1"] / 100))
+    # every caption of the mistakes grid sits over its own image (plotly orders facet titles
+    # bottom row first): the annotation above trace i's subplot names mistake i
+    (fig,) = figures(tmp_path / "00_quickstart", "The 16 most confident mistakes")
+    layout, captions = fig["layout"], fig["layout"]["annotations"]
+    assert len(captions) == len(fig["data"]) == len(m["confident_mistakes"]) == 16
+    for trace, (true, predicted) in zip(fig["data"], m["confident_mistakes"], strict=True):
+        xd = layout[trace["xaxis"].replace("x", "xaxis")]["domain"]
+        yd = layout[trace["yaxis"].replace("y", "yaxis")]["domain"]
+        (above,) = [a for a in captions if abs(a["x"] - (xd[0] + xd[1]) / 2) < 1e-6
+                    and abs(a["y"] - yd[1]) < 1e-6]
+        assert above["text"].startswith(f"{true}<br>→ {predicted} (")
     assert list(shared_cache.glob("pretrained/*/model.safetensors"))  # cached for the others
 
 
