@@ -279,10 +279,11 @@ def sweep_lr(task: str, start: ResNetV2 | str, lrs: Sequence[float], *, train_si
     """Fine-tune ``start`` on ``task`` once per lr in ``lrs`` and keep the best on validation.
 
     ``train_size`` and ``val_size`` disjoint examples of the task's train split are drawn from
-    ``seed`` (``data.vtab1k_split``, VTAB-1k's 800/200 protocol at other sizes); every run
-    trains on the first and is scored on the second, and the test split only reports the
-    chosen run. Why not pick on test: the maximum of several noisy test scores is biased up,
-    and by more for whichever arm of a comparison has the noisier runs. A from-scratch baseline
+    ``seed`` (``data.vtab1k_split(how="random")``, VTAB-1k's 800/200 protocol at other sizes,
+    not VTAB's own slices); every run trains on the first and is scored on the second, and
+    the test split only reports the chosen run. Why not pick on test: the maximum of several
+    noisy test scores is biased up, and by more for whichever arm of a comparison has the
+    noisier runs. A from-scratch baseline
     needs a larger lr than BiT's 0.003, so comparisons (``bench/world_transfer.py``) give each
     arm its own sweep. ``finetune_options`` go to :func:`finetune` (``steps``, ``test_size``,
     ``batch_size``, ...).
@@ -290,7 +291,7 @@ def sweep_lr(task: str, start: ResNetV2 | str, lrs: Sequence[float], *, train_si
     if not lrs:
         raise ValueError("sweep_lr: give at least one lr in lrs")
     train, val = data.vtab1k_split(data.load(task, "train", path=path), seed=seed,
-                                   train=train_size, val=val_size)
+                                   train=train_size, val=val_size, how="random")
     best_lr, best = None, None
     val_top1, test_top1 = {}, {}
     for lr in lrs:

@@ -163,3 +163,158 @@ def test_user_card_folder_and_cli(tmp_path, monkeypatch, capsys):
     assert "bad.yaml: field" in capsys.readouterr().out
     assert cli_main(["cards", "cifar10"]) == 0
     assert "99.37" in capsys.readouterr().out
+
+
+# VTAB-1k's own sets, task by task, as google-research/task_adaptation defines them
+# (task_adaptation/data/<file>.py, each class's ``tfds_splits``; the percentages there turned
+# into positions with the TFDS split sizes its tests list): card -> (file, train800, val200,
+# test, TFDS split sizes). train800val200 is always train800 + "+" + val200.
+VTAB_1K_SPLITS = {
+    "vtab-caltech101": ("caltech.py", "train[:800]", "train[2754:2954]", "test",
+                        {"train": 3060, "test": 6084}),
+    "vtab-cifar100": ("cifar.py", "train[:800]", "train[45000:45200]", "test",
+                      {"train": 50000, "test": 10000}),
+    "vtab-dtd": ("dtd.py", "train[:800]", "validation[:200]", "test",
+                 {"train": 1880, "validation": 1880, "test": 1880}),
+    "vtab-flowers102": ("oxford_flowers102.py", "train[:800]", "validation[:200]", "test",
+                        {"train": 1020, "validation": 1020, "test": 6149}),
+    "vtab-pets": ("oxford_iiit_pet.py", "train[:800]", "train[2944:3144]", "test",
+                  {"train": 3680, "test": 3669}),
+    "vtab-sun397": ("sun397.py", "train[:800]", "validation[:200]", "test",
+                    {"train": 76128, "validation": 10875, "test": 21750}),
+    "vtab-svhn": ("svhn.py", "train[:800]", "train[65931:66131]", "test",
+                  {"train": 73257, "test": 26032}),
+    "vtab-camelyon": ("patch_camelyon.py", "train[:800]", "validation[:200]", "test",
+                      {"train": 262144, "validation": 32768, "test": 32768}),
+    "vtab-eurosat": ("eurosat.py", "train[:800]", "train[16200:16400]", "train[21600:]",
+                     {"train": 27000}),
+    "vtab-resisc45": ("resisc45.py", "train[:800]", "train[18900:19100]", "train[25200:]",
+                      {"train": 31500}),
+    "vtab-retinopathy": ("diabetic_retinopathy.py", "train[:800]", "validation[:200]", "test",
+                         {"train": 35126, "validation": 10906, "test": 42670}),
+    "vtab-clevr-count": ("clevr.py", "train[:800]", "train[63000:63200]", "validation",
+                         {"train": 70000, "validation": 15000}),
+    "vtab-clevr-distance": ("clevr.py", "train[:800]", "train[63000:63200]", "validation",
+                            {"train": 70000, "validation": 15000}),
+    "vtab-dmlab": ("dmlab.py", "train[:800]", "validation[:200]", "test",
+                   {"train": 65550, "validation": 22628, "test": 22735}),
+    "vtab-kitti-distance": ("kitti.py", "train[:800]", "validation[:200]", "test",
+                            {"train": 6347, "validation": 423, "test": 711}),
+    "vtab-dsprites-location": ("dsprites.py", "train[:800]", "train[589824:590024]",
+                               "train[663552:]", {"train": 737280}),
+    "vtab-dsprites-orientation": ("dsprites.py", "train[:800]", "train[589824:590024]",
+                                  "train[663552:]", {"train": 737280}),
+    "vtab-smallnorb-azimuth": ("smallnorb.py", "train[:800]", "test[:200]", "test[50%:]",
+                               {"train": 24300, "test": 24300}),
+    "vtab-smallnorb-elevation": ("smallnorb.py", "train[:800]", "test[:200]", "test[50%:]",
+                                 {"train": 24300, "test": 24300}),
+}
+# The embedded stand-ins (not VTAB tasks): VTAB's most common rule, val200 the next 200.
+WORLD_TASKS = ("world-objects", "world-fine", "world-texture", "world-count", "world-orientation",
+               "world-location", "world-distance")
+
+
+def test_vtab_cards_carry_vtab_own_splits():
+    vtab = sorted(c for c in list_cards() if get_card(c).group.startswith("vtab-"))
+    assert sorted(VTAB_1K_SPLITS) == vtab
+    for name, (source_file, train800, val200, test, sizes) in VTAB_1K_SPLITS.items():
+        card = get_card(name)
+        v = card.vtab_splits
+        assert v.table() == {"train800": train800, "val200": val200,
+                             "train800val200": f"{train800}+{val200}", "test": test}, name
+        assert v.sizes == sizes, name
+        assert f"task_adaptation/data/{source_file}" in v.note, name
+        # a test role exactly where VTAB tests on a whole source split; else load() slices it
+        whole = "[" not in test
+        assert card.splits == ({"train": "train", "test": test} if whole else {"train": "train"})
+        assert card.eval_split == "test"
+        files = card.source.local_pattern
+        for split in v.source_splits:  # the local layout names every split the slices read
+            assert split in files, (name, files)
+    for name in WORLD_TASKS:
+        assert get_card(name).vtab_splits.table() == {
+            "train800": "train[:800]", "val200": "train[800:1000]",
+            "train800val200": "train[:800]+train[800:1000]", "test": "test"}, name
+    assert get_card("vtab-1k").vtab_splits is None and get_card("cifar100").vtab_splits is None
+
+
+def test_vtab_slices_resolve_as_tfds_reads_them():
+    from bitkit.data.cards import SplitSlice, parse_split_expr
+
+    (half,) = parse_split_expr("test[50%:]")
+    assert half == SplitSlice("test", 50, None, percent=True)
+    assert half.resolve(24300) == range(12150, 24300) and half.resolve(7) == range(4, 7)
+    assert parse_split_expr("train[-10:]")[0].resolve(100) == range(90, 100)
+    assert [str(s) for s in parse_split_expr("train[:800] + validation[:200]")] == [
+        "train[:800]", "validation[:200]"]
+    with pytest.raises(ValueError, match=r"slice train\[45000:45200\] needs at least 45200 "
+                                         r"examples in split 'train', which has 30"):
+        parse_split_expr("train[45000:45200]")[0].resolve(30)
+
+
+def _vtab_raw(**vtab_splits):
+    base = {"train800": "train[:800]", "val200": "train[900:1100]",
+            "train800val200": "train[:800]+train[900:1100]", "test": "test"}
+    return _raw(source={"kind": "local", "local_pattern": "/data/toy/{train,test}-*.parquet"},
+                splits={"train": "train", "test": "test"}, eval_split="test", train_size=1000,
+                vtab_split=[800, 200], vtab_splits={**base, **vtab_splits})
+
+
+@pytest.mark.parametrize("override, text", [
+    ({"val200": "train[900]"}, "field 'vtab_splits.val200': 'train[900]' is not a split slice: "
+                               "expected a TFDS split expression: name, name[a:b], name[:b]"),
+    ({"val200": "train[900:1100"}, "field 'vtab_splits.val200': 'train[900:1100' is not a split "
+                                   "slice"),
+    ({"train800": "train[:800]+"}, "field 'vtab_splits.train800': an empty term next to '+'"),
+    ({"test": "test[10:50%]"}, "field 'vtab_splits.test': 'test[10:50%]' mixes a count and a "
+                               "percent: use one unit per slice"),
+    ({"test": "test[:150%]"}, "'test[:150%]': a percent bound must be within -100%..100%"),
+    ({"val200": "train[1100:900]"}, "'train[1100:900]' is empty (it ends where or before it "
+                                    "starts)"),
+    ({"test": 7}, "field 'vtab_splits.test': expected a TFDS split expression"),
+    ({"val200": "train[900:1000]", "train800val200": "train[:800]+train[900:1000]"},
+     "field 'vtab_splits.val200': expected slices of 200 examples in all (vtab_split [800, "
+     "200]) with both bounds counted from the start, got 'train[900:1000]' (100)"),
+    ({"train800": "train[:80%]", "train800val200": "train[:80%]+train[900:1100]"},
+     "field 'vtab_splits.train800': expected slices of 800 examples in all"),
+    ({"train800val200": "train[:1000]"}, "field 'vtab_splits.train800val200': expected train800 "
+                                         "+ val200 ('train[:800]+train[900:1100]'), got "
+                                         "'train[:1000]'"),
+    ({"val200": "train[700:900]", "train800val200": "train[:800]+train[700:900]"},
+     "field 'vtab_splits.val200': 'train[700:900]' shares examples with train800 "
+     "('train[:800]') in split 'train': the VTAB-1k sets are disjoint"),
+    ({"test": "test[:50%]"}, "field 'vtab_splits.test': expected test, the test role's whole "
+                             "split"),
+    ({"sizes": {"train": 1000}}, "field 'vtab_splits.val200': slice train[900:1100] needs at "
+                                 "least 1100 examples in split 'train', which has 1000 (its "
+                                 "size in vtab_splits.sizes)"),
+    ({"sizes": {"validation": 5}}, "field 'vtab_splits.sizes': expected sizes of the splits the "
+                                   "slices read (train, test), got ['validation']"),
+    ({"trainval": "train"}, "field 'vtab_splits.trainval': unknown name (did you mean "
+                            "'train800val200'?)"),
+])
+def test_bad_vtab_splits_say_what_is_wrong(override, text):
+    with pytest.raises(CardError) as e:
+        parse_card(_vtab_raw(**override), "cards/toy.yaml")
+    assert text in str(e.value)
+
+
+def test_vtab_splits_need_all_four_sets_and_loadable_splits():
+    raw = _vtab_raw()
+    del raw["vtab_splits"]["test"]
+    with pytest.raises(CardError, match="field 'vtab_splits.test': expected a value"):
+        parse_card(raw, "cards/toy.yaml")
+    card = parse_card(_vtab_raw(), "cards/toy.yaml")
+    assert card.vtab_splits.text("train800val200") == "train[:800]+train[900:1100]"
+    # a test slice with no test role: load(card, "test") reads it, so eval_split may say test
+    ok = _vtab_raw(test="train[2000:]")
+    ok["splits"] = {"train": "train"}
+    assert parse_card(ok, "cards/toy.yaml").eval_split == "test"
+    embedded = _vtab_raw(val200="validation[:200]",
+                         train800val200="train[:800]+validation[:200]")
+    embedded["source"] = {"kind": "embedded", "generator": "count"}
+    embedded["split_sizes"] = {"train": 2000, "test": 500}
+    with pytest.raises(CardError, match=r"field 'vtab_splits': split 'validation' is not a "
+                                        r"source split of this card \(splits: \{'train': "
+                                        r"'train', 'test': 'test'\}\); embedded data has only"):
+        parse_card(embedded, "cards/toy.yaml")

@@ -251,6 +251,15 @@ def test_05_takes_the_random_search_trials_of_bitkit_sweep():
         assert runs.resolve_parameters(nb, trial) == trial
 
 
+def test_05_vtab_split_is_official_or_random(tmp_path):
+    with pytest.raises(runs.NotebookFailed) as e:  # checked before any data or model
+        runs.run_notebook(NOTEBOOKS / "05_vtab.ipynb", {"vtab_split": "first"}, tmp_path / "bad",
+                          log_output=False)
+    assert e.value.cell is not None and e.value.cell <= 3
+    assert ("parameter vtab_split = 'first': must be 'official' (VTAB-1k's own slices) or "
+            "'random' (a seeded 800/200)") in e.value.error
+
+
 @pytest.mark.slow
 def test_05_vtab(shared_cache, tmp_path):
     tasks = ["world-objects", "world-count"]
@@ -258,6 +267,13 @@ def test_05_vtab(shared_cache, tmp_path):
     m = run("05_vtab", tmp_path, **UPSTREAM, tasks=tasks, trials=2, steps_scale=0.001,
             hyperrule_steps=30, batch_size=16, test_size=100)
     assert list(m["tasks"]) == tasks and m["trials"] == 2 and m["hyperrule_steps"] == 30
+    # VTAB-1k's split by default, VTAB's most common rule on the stand-ins (the cards' vtab_splits)
+    assert m["vtab_split"] == "official"
+    for name, t in m["tasks"].items():
+        assert t["split"] == {"train800": "train[:800]", "val200": "train[800:1000]",
+                              "train800val200": "train[:800]+train[800:1000]", "test": "test"}
+        assert t["positions"] == {"train800": [0, 799, 800], "val200": [800, 999, 200],
+                                  "train1000": [0, 999, 1000]}, name  # (first, last, count)
     for name, t in m["tasks"].items():
         assert [r["trial"] for r in t["trials"]] == [0, 1], name  # SearchSpace trials 0 and 1
         assert all(0 <= r[k] <= 100 for r in t["trials"] for k in ("val", "test")), name
@@ -276,6 +292,18 @@ def test_05_vtab(shared_cache, tmp_path):
     assert curve["trials"] == [1, 2]
     assert curve["val"][1] >= curve["val"][0]  # best-so-far on val200 can only go up
     assert all(0 <= v <= 100 for v in curve["test"])
+
+
+@pytest.mark.slow
+def test_05_vtab_random_split_is_a_named_option(shared_cache, tmp_path):
+    m = run("05_vtab", tmp_path, **UPSTREAM, tasks=["world-count"], trials=1, steps_scale=0.001,
+            hyperrule_steps=10, batch_size=16, test_size=50, vtab_split="random")
+    assert m["vtab_split"] == "random"
+    t = m["tasks"]["world-count"]
+    assert t["split"]["train800"] == "800 random of train (seed 0)"  # seed also seeds upstream
+    first, last, n = t["positions"]["train800"]
+    assert n == 800 and last - first + 1 > 800  # a random 800 of the 2000, not the first 800
+    assert t["positions"]["val200"][2] == 200 and t["positions"]["train1000"][2] == 1000
 
 
 @pytest.mark.slow

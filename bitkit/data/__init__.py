@@ -5,11 +5,17 @@
 >>> train = preprocess(raw, train=True)             # (float tensor in [-1, 1], label)
 """
 
-from bitkit.data.base import ImageDataset, SubsetDataset
+from bitkit.data.base import ImageDataset, JoinedDataset, SubsetDataset
 from bitkit.data.cards import CardError, DataCard, get_card, list_cards
 from bitkit.data.corrupt import CorruptReport
-from bitkit.data.fewshot import kshot, kshot_family, kshot_indices, vtab1k_split
-from bitkit.data.loading import load
+from bitkit.data.fewshot import (
+    SplitSizeWarning,
+    kshot,
+    kshot_family,
+    kshot_indices,
+    vtab1k_split,
+)
+from bitkit.data.loading import load, vtab1k
 from bitkit.data.transforms import (
     BiTTransform,
     InceptionTransform,
@@ -20,6 +26,7 @@ from bitkit.data.transforms import (
 
 __all__ = [
     "BiTTransform", "CardError", "CorruptReport", "DataCard", "ImageDataset",
-    "InceptionTransform", "Preprocessed", "SubsetDataset", "get_card", "kshot", "kshot_family",
-    "kshot_indices", "list_cards", "load", "preprocess", "preprocess_stream", "vtab1k_split",
+    "InceptionTransform", "JoinedDataset", "Preprocessed", "SplitSizeWarning", "SubsetDataset",
+    "get_card", "kshot", "kshot_family", "kshot_indices", "list_cards", "load",
+    "preprocess", "preprocess_stream", "vtab1k", "vtab1k_split",
 ]

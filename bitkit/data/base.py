@@ -17,6 +17,7 @@ import torch
 from torch.utils.data import Dataset
 
 from bitkit.data.cards import DataCard
+from bitkit.data.corrupt import CorruptReport
 
 
 class ImageDataset(Dataset):
@@ -118,3 +119,74 @@ class SubsetDataset(ImageDataset):
 
     def __repr__(self) -> str:
         return f"SubsetDataset({self.parent!r}, n={len(self)}{', ' + self.tag if self.tag else ''})"
+
+
+class JoinedDataset(ImageDataset):
+    """Datasets of one card one after another, e.g. VTAB's ``train800val200`` where it reads two
+    source splits (``train[:800]+validation[:200]``). Keeps the card, class names and each
+    example's own id; ``parts`` are the pieces in order."""
+
+    def __init__(self, parts: Sequence[ImageDataset], tag: str = ""):
+        if not parts:
+            raise ValueError("JoinedDataset needs at least one dataset")
+        first = parts[0]
+        for p in parts[1:]:
+            if p.card.name != first.card.name or list(p.class_names) != list(first.class_names):
+                raise ValueError(f"JoinedDataset joins splits of one dataset with the same "
+                                 f"classes; got {first.card.name}:{first.split} and "
+                                 f"{p.card.name}:{p.split}")
+        self.parts = list(parts)
+        self.card, self.num_classes = first.card, first.num_classes
+        self.class_names, self.multi_label = first.class_names, first.multi_label
+        self.split = "+".join(dict.fromkeys(p.split for p in parts))
+        self.tag = tag
+        self._starts = np.cumsum([0] + [len(p) for p in parts])
+
+    def __len__(self) -> int:
+        return int(self._starts[-1])
+
+    def _locate(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        part = np.searchsorted(self._starts, indices, side="right") - 1
+        return part, indices - self._starts[part]
+
+    def __getitem__(self, index: int) -> tuple[Any, Any]:
+        (part,), (j,) = self._locate(np.array([self._check_index(index)]))
+        return self.parts[int(part)][int(j)]
+
+    def _per_part(self, indices: Sequence[int] | np.ndarray, method: str) -> np.ndarray:
+        idx = np.asarray(indices, dtype=np.int64)
+        part, local = self._locate(idx)
+        pieces = [(k, getattr(self.parts[k], method)(local[part == k])) for k in np.unique(part)]
+        out = np.empty((len(idx), *pieces[0][1].shape[1:]), pieces[0][1].dtype) if pieces else \
+            np.empty(0, dtype=np.int64)
+        for k, values in pieces:
+            out[part == k] = values
+        return out
+
+    def labels(self, indices: Sequence[int] | np.ndarray) -> np.ndarray:
+        return self._per_part(indices, "labels")
+
+    def readable(self, indices: Sequence[int] | np.ndarray) -> np.ndarray:
+        return self._per_part(indices, "readable").astype(bool)
+
+    def example_id(self, index: int) -> str:
+        (part,), (j,) = self._locate(np.array([self._check_index(index)]))
+        return self.parts[int(part)].example_id(int(j))
+
+    def corrupt_report(self, limit: int = 20) -> CorruptReport:
+        """The skipped unreadable images of the datasets under the parts, added up (a part
+        that is a subset reports its whole parent split, as :class:`SubsetDataset` does)."""
+        reports = []
+        for ds in {id(r): r for r in (getattr(p, "parent", p) for p in self.parts)}.values():
+            report = getattr(ds, "corrupt_report", None)
+            if report is not None:
+                reports.append(report(limit))
+        if not reports:
+            raise AttributeError(f"{type(self.parts[0]).__name__} never has unreadable images")
+        return CorruptReport(sum(r.count for r in reports),
+                             [i for r in reports for i in r.ids][:limit],
+                             sum(r.total for r in reports))
+
+    def __repr__(self) -> str:
+        inner = " + ".join(repr(p) for p in self.parts)
+        return f"JoinedDataset({inner}{', ' + self.tag if self.tag else ''})"

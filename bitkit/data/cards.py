@@ -2,7 +2,8 @@
 
 A card says where the data comes from, which splits the paper used (official test when public,
 else val: paper section 3.2), the facts BiT-HyperRule needs (image size, training-set size:
-section 3.3), whether flips and crops keep the label (supplementary E), license and citation,
+section 3.3), whether flips and crops keep the label (supplementary E), for the VTAB-1k tasks
+which examples VTAB trains, validates and tests on (``vtab_splits``), license and citation,
 and the paper's own numbers (Tables 1-2, supplementary Table 1) so notebooks can put ours
 beside them. Adding a dataset is adding one YAML file: here, or in a folder named by the
 ``BITKIT_CARD_PATH`` environment variable (``os.pathsep``-separated).
@@ -16,6 +17,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import os
+import re
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -47,6 +49,8 @@ GROUPS = (
 )
 SOURCE_KINDS = ("hub", "local", "embedded", "sklearn", "unavailable", "collection")
 SPLIT_ROLES = ("train", "val", "test")
+#: VTAB-1k's four sets (task_adaptation's split names): fit, select, retrain, test.
+VTAB_PARTS = ("train800", "val200", "train800val200", "test")
 UPSTREAMS = ("jft", "imagenet21k", "ilsvrc2012")
 
 
@@ -89,6 +93,122 @@ class Source:
 
 
 @dataclass(frozen=True)
+class SplitSlice:
+    """One term of a TFDS split expression: ``train``, ``train[:800]``, ``train[45000:45200]``,
+    ``test[50%:]``. ``start``/``stop`` are ``None`` where open; negative counts from the end;
+    ``percent`` makes both bounds percentages (TFDS's "closest" rounding)."""
+
+    split: str
+    start: int | None = None
+    stop: int | None = None
+    percent: bool = False
+
+    def __str__(self) -> str:
+        if self.start is None and self.stop is None:
+            return self.split
+        unit = "%" if self.percent else ""
+        a = "" if self.start is None else f"{self.start}{unit}"
+        b = "" if self.stop is None else f"{self.stop}{unit}"
+        return f"{self.split}[{a}:{b}]"
+
+    @property
+    def size(self) -> int | None:
+        """How many examples, where the text alone says (absolute, non-negative bounds)."""
+        if self.percent or self.stop is None or self.stop < 0 or (self.start or 0) < 0:
+            return None
+        return max(0, self.stop - (self.start or 0))
+
+    def resolve(self, n: int) -> range:
+        """The example positions this slice takes from a split of ``n`` examples, as TFDS
+        reads it: a percent bound ``p`` is ``round(p * n / 100)``, a negative bound counts from
+        the end, a bound beyond ``n`` is an error (never silently clipped)."""
+        def absolute(v: int | None) -> int | None:
+            return v if v is None or not self.percent else int(round(v * n / 100))
+
+        a, b = absolute(self.start), absolute(self.stop)
+        need = max(abs(v) for v in (a, b, 0) if v is not None)
+        if need > n:
+            raise ValueError(f"slice {self} needs at least {need} examples in split "
+                             f"{self.split!r}, which has {n}")
+        a = 0 if a is None else a + n if a < 0 else a
+        b = n if b is None else b + n if b < 0 else b
+        return range(a, b)
+
+
+_SLICE_RE = re.compile(r"^(?P<split>[\w-]+)(\[(?P<a>-?\d+%?)?:(?P<b>-?\d+%?)?\])?$")
+
+
+def parse_split_expr(text: Any) -> tuple[SplitSlice, ...]:
+    """A TFDS split expression (``train[:800]+validation[:200]``) as its slices; raises
+    :class:`bitkit.inputs.Invalid` saying what is wrong with it."""
+    want = ("a TFDS split expression: name, name[a:b], name[:b], name[a:], percents such as "
+            "name[50%:], joined by '+' (e.g. 'train[:800]+validation[:200]')")
+    if not isinstance(text, str) or not text.strip():
+        raise inputs.Invalid(want, text)
+    out = []
+    for term in re.split(r"\s*\+\s*", text.strip()):
+        if not term:
+            raise inputs.Invalid(want, text, problem=f"an empty term next to '+': expected "
+                                 f"{want}, got {text!r}")
+        m = _SLICE_RE.match(term)
+        if not m:
+            raise inputs.Invalid(want, text, problem=f"{term!r} is not a split slice: expected "
+                                 f"{want}, got {text!r}")
+        a, b = m.group("a"), m.group("b")
+        pct = {x.endswith("%") for x in (a, b) if x}
+        if len(pct) > 1:
+            raise inputs.Invalid(want, text, problem=f"{term!r} mixes a count and a percent: "
+                                 "use one unit per slice (TFDS would read both bounds as "
+                                 f"percents), got {text!r}")
+        percent = pct == {True}
+        start, stop = (None if x is None else int(x.rstrip("%")) for x in (a, b))
+        if percent and any(v is not None and abs(v) > 100 for v in (start, stop)):
+            raise inputs.Invalid(want, text, problem=f"{term!r}: a percent bound must be within "
+                                 f"-100%..100%, got {text!r}")
+        s = SplitSlice(m.group("split"), start, stop, percent)
+        if (not percent and start is not None and stop is not None and (start >= 0) == (stop >= 0)
+                and stop <= start):
+            raise inputs.Invalid(want, text, problem=f"{term!r} is empty (it ends where or before "
+                                 f"it starts), got {text!r}")
+        out.append(s)
+    return tuple(out)
+
+
+@dataclass(frozen=True)
+class VtabSplits:
+    """VTAB-1k's four sets as slices of the source's splits (task_adaptation's ``tfds_splits``):
+    ``train800`` to fit, ``val200`` to select, ``train800val200`` to retrain, ``test``.
+    ``sizes``: the source splits' sizes the slices were computed for (positions past them, or
+    other sizes, are not VTAB's examples); ``note``: how the slices were derived."""
+
+    train800: tuple[SplitSlice, ...]
+    val200: tuple[SplitSlice, ...]
+    train800val200: tuple[SplitSlice, ...]
+    test: tuple[SplitSlice, ...]
+    sizes: dict[str, int] = field(default_factory=dict)
+    note: str = ""
+
+    def text(self, part: str) -> str:
+        """The expression of ``part`` as TFDS writes it (``train[:800]+train[45000:45200]``)."""
+        return "+".join(str(s) for s in self.slices(part))
+
+    def slices(self, part: str) -> tuple[SplitSlice, ...]:
+        if part not in VTAB_PARTS:
+            raise ValueError(f"no VTAB-1k part {part!r}{inputs.did_you_mean(part, VTAB_PARTS)}; "
+                             f"parts: {', '.join(VTAB_PARTS)}")
+        return getattr(self, part)
+
+    def table(self) -> dict[str, str]:
+        """``{part: expression}`` for the four parts."""
+        return {p: self.text(p) for p in VTAB_PARTS}
+
+    @property
+    def source_splits(self) -> tuple[str, ...]:
+        """The source splits the four parts read, in first use order."""
+        return tuple(dict.fromkeys(s.split for p in VTAB_PARTS for s in self.slices(p)))
+
+
+@dataclass(frozen=True)
 class DuplicateResult:
     """Supplementary Table 1: BiT-L accuracy on the full and de-duplicated test set (%), and the
     number of near-duplicates of the upstream training set found in the test set."""
@@ -125,8 +245,11 @@ class DataCard:
     ``train_size`` and ``image_size`` (H, W; typical when sizes vary) feed BiT-HyperRule;
     ``resolution`` ([resize, crop]) overrides it for teaching-scale data. ``flip``/``crop``
     say whether those augmentations keep the label (supplementary E). ``vtab_split`` is the
-    VTAB-1k train/val sizes. ``num_classes``/``image_size`` may be empty only for cards that
-    cannot be loaded (JFT-300M, the VTAB-1k collection).
+    VTAB-1k train/val sizes; ``vtab_splits`` which examples those are, as VTAB defines them
+    (slices of the source's splits, :class:`VtabSplits`; ``bitkit.data.vtab1k`` loads them).
+    A VTAB card has a ``test`` role only where VTAB's test set is a whole source split;
+    otherwise ``load(card, "test")`` is ``vtab_splits.test``. ``num_classes``/``image_size``
+    may be empty only for cards that cannot be loaded (JFT-300M, the VTAB-1k collection).
     """
 
     name: str
@@ -147,10 +270,15 @@ class DataCard:
     paper: PaperResults = field(default_factory=PaperResults)
     split_sizes: dict[str, int] = field(default_factory=dict)
     vtab_split: tuple[int, int] | None = None
+    vtab_splits: VtabSplits | None = None
     resolution: tuple[int, int] | None = None
     class_names: tuple[str, ...] | None = None
     notes: str = ""
     path: str = ""
+
+    def role_of(self, source_split: str) -> str | None:
+        """The role (train/val/test) whose source split is ``source_split``, if any."""
+        return next((r for r, s in self.splits.items() if s == source_split), None)
 
     @property
     def available(self) -> bool:
@@ -215,6 +343,19 @@ def _splits(v: Any) -> dict[str, str]:
     return out
 
 
+def _slices(v: Any) -> tuple[SplitSlice, ...]:
+    return parse_split_expr(v)
+
+
+def _vtab_splits(v: Any) -> VtabSplits:
+    spec = {**{p: _slices for p in VTAB_PARTS},
+            "sizes": inputs.mapping_of(_str, _pos_int, "a mapping of source split -> size"),
+            "note": _text}
+    return VtabSplits(**inputs.fields(spec, required=VTAB_PARTS,
+                                      what="a mapping of train800/val200/train800val200/test "
+                                           "to TFDS split expressions")(v))
+
+
 _CARD_SPEC: dict[str, Check] = {
     "name": _str, "title": _str, "description": _str, "group": inputs.one_of(*GROUPS),
     "source": _source, "splits": _splits, "eval_split": inputs.one_of(*SPLIT_ROLES),
@@ -224,6 +365,7 @@ _CARD_SPEC: dict[str, Check] = {
     "split_sizes": inputs.mapping_of(inputs.one_of(*SPLIT_ROLES), _pos_int,
                                      "a mapping of role -> size"),
     "vtab_split": lambda v: None if v is None else tuple(_pair(v)),
+    "vtab_splits": lambda v: None if v is None else _vtab_splits(v),
     "resolution": lambda v: None if v is None else tuple(_pair(v)),
     "class_names": lambda v: None if v is None else _listed(_str)(v), "notes": _text,
 }
@@ -262,7 +404,8 @@ def _cross_check(card: DataCard) -> None:
             raise bad(f"a size for every role in splits (missing: {', '.join(missing)}): "
                       f"{card.source.kind} data is made or split here, so its card says how "
                       f"many examples each split has", path=("split_sizes",))
-    if card.eval_split and card.eval_split not in card.splits:
+    vtab_test = card.vtab_splits is not None and card.eval_split == "test"
+    if card.eval_split and card.eval_split not in card.splits and not vtab_test:
         raise bad(f"a role listed in splits ({', '.join(card.splits)})", card.eval_split,
                   ("eval_split",))
     if card.class_names is not None and len(card.class_names) != card.num_classes:
@@ -273,6 +416,75 @@ def _cross_check(card: DataCard) -> None:
                   list(card.vtab_split), ("vtab_split",))
     if card.resolution is not None and card.resolution[1] > card.resolution[0]:
         raise bad("[resize, crop] with crop <= resize", list(card.resolution), ("resolution",))
+    if card.vtab_splits is not None:
+        _check_vtab_splits(card, card.vtab_splits)
+
+
+def _ranges(card: DataCard, v: VtabSplits, part: str) -> list[tuple[str, range]] | None:
+    """``part``'s slices as (split, positions), where the card says enough to know them."""
+    out = []
+    for s in v.slices(part):
+        embedded = card.source.kind in ("embedded", "sklearn")
+        n = v.sizes.get(s.split) or (card.split_sizes.get(card.role_of(s.split) or "")
+                                     if embedded else None)
+        if n:
+            try:
+                out.append((s.split, s.resolve(n)))
+            except ValueError as e:
+                raise inputs.Invalid("", problem=f"{e} (its size in "
+                                     f"{'split_sizes' if embedded else 'vtab_splits.sizes'})",
+                                     path=("vtab_splits", part)) from None
+        elif s.size is not None:
+            out.append((s.split, range(s.start or 0, s.stop)))
+        else:
+            return None
+    return out
+
+
+def _check_vtab_splits(card: DataCard, v: VtabSplits) -> None:
+    """The slices agree with ``vtab_split`` (800 + 200 unless the card says otherwise), the
+    retraining set is train800 + val200, no two sets share an example, and every split they
+    read can be loaded."""
+    bad = inputs.Invalid
+    want = dict(zip(("train800", "val200"), card.vtab_split or (800, 200), strict=True))
+    for part, n in want.items():
+        sizes = [s.size for s in v.slices(part)]
+        if None in sizes or sum(sizes) != n:
+            raise bad("", problem=f"expected slices of {n} examples in all (vtab_split "
+                      f"{list(want.values())}) with both bounds counted from the start, got "
+                      f"{v.text(part)!r}" + ("" if None in sizes else f" ({sum(sizes)})"),
+                      path=("vtab_splits", part))
+    if v.train800val200 != v.train800 + v.val200:
+        raise bad("", problem=f"expected train800 + val200 "
+                  f"({v.text('train800') + '+' + v.text('val200')!r}), got "
+                  f"{v.text('train800val200')!r}", path=("vtab_splits", "train800val200"))
+    parts = {p: _ranges(card, v, p) for p in ("train800", "val200", "test")}
+    for p, q in (("train800", "val200"), ("train800", "test"), ("val200", "test")):
+        if parts[p] is None or parts[q] is None:
+            continue
+        for (sp, rp) in parts[p]:
+            for (sq, rq) in parts[q]:
+                if sp == sq and max(rp.start, rq.start) < min(rp.stop, rq.stop):
+                    raise bad("", problem=f"{v.text(q)!r} shares examples with {p} "
+                              f"({v.text(p)!r}) in split {sp!r}: the VTAB-1k sets are disjoint",
+                              path=("vtab_splits", q))
+    unknown = [s for s in v.sizes if s not in v.source_splits]
+    if unknown:
+        raise bad(f"sizes of the splits the slices read ({', '.join(v.source_splits)})",
+                  unknown, ("vtab_splits", "sizes"))
+    if card.source.kind in ("embedded", "sklearn"):  # made here: only the card's roles exist
+        for s in v.source_splits:
+            if card.role_of(s) is None:
+                raise bad("", problem=f"split {s!r} is not a source split of this card "
+                          f"(splits: {card.splits}); {card.source.kind} data has only those",
+                          path=("vtab_splits",))
+    if "test" in card.splits:  # then load(card, "test") and vtab_splits.test must be one set
+        whole = (SplitSlice(card.splits["test"]),)
+        if v.test != whole:
+            raise bad("", problem=f"expected {whole[0]}, the test role's whole split: a VTAB "
+                      f"card has a test role only where VTAB tests on a whole source split "
+                      f"(otherwise leave the role out, and load(card, 'test') reads "
+                      f"vtab_splits.test), got {v.text('test')!r}", path=("vtab_splits", "test"))
 
 
 def read_card(path: str | os.PathLike) -> DataCard:
@@ -357,6 +569,8 @@ def cards_command(args: argparse.Namespace) -> int:
         for k in ("title", "group", "description", "num_classes", "train_size", "image_size",
                   "multi_label", "flip", "crop", "splits", "license", "citation", "paper"):
             print(f"{k:>12}: {getattr(card, k)}")
+        if card.vtab_splits is not None:
+            print(f"{'vtab_splits':>12}: {card.vtab_splits.table()}")
         print(f"{'source':>12}: {card.source}")
         return 0
     shown = [c for c in cards if args.group is None or c.group == args.group]

@@ -8,16 +8,23 @@ class is shuffled once per seed and k-shot takes the first k of each class, so a
 measures more data, not different data.
 
 VTAB-1k (section 3.2; supplementary A) trains on 1000 examples, 800 train + 200 validation for
-hyper-parameter selection; :func:`vtab1k_split` draws them from a seed.
+hyper-parameter selection. Which examples those are VTAB defines task by task (Zhai et al. 2019,
+google-research/task_adaptation): ``train800`` is the first 800 of the train split, ``val200``
+200 from the validation split or from a later slice of train, ``test`` the test split or a slice.
+The cards carry these slices (``vtab_splits``); :func:`vtab1k_split` applies them to a loaded
+train split (``how="official"``, the default) or draws a seeded random 800/200 instead
+(``how="random"``), and ``bitkit.data.vtab1k`` loads any of the four sets from the card.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import warnings
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
-from bitkit.data.base import ImageDataset, SubsetDataset
+from bitkit.data.base import ImageDataset, JoinedDataset, SubsetDataset
+from bitkit.data.cards import DataCard, VtabSplits
 
 
 def _class_order(labels: np.ndarray, seed: int, num_classes: int) -> list[np.ndarray]:
@@ -110,15 +117,111 @@ def kshot_family(dataset: ImageDataset, ks: Sequence[int], seeds: Sequence[int] 
     return {(k, s): kshot(dataset, k, s) for s in seeds for k in sorted(ks)}
 
 
-def vtab1k_split(dataset: ImageDataset, seed: int = 0, train: int = 800, val: int = 200
-                 ) -> tuple[SubsetDataset, SubsetDataset]:
-    """VTAB-1k's ``train800`` / ``val200`` from a seed: a random 1000 examples, split 800/200.
-    Their union is the 1000-example training set used after hyper-parameter selection."""
-    if train < 1 or val < 0:
-        raise ValueError(f"need train >= 1 and val >= 0; got {train}, {val}")
-    if len(dataset) < train + val:
-        raise ValueError(f"{dataset.card.name}:{dataset.split} has {len(dataset)} examples, "
-                         f"fewer than {train} + {val}")
-    pick = np.random.default_rng([seed, 0x1000]).permutation(len(dataset))[: train + val]
-    return (SubsetDataset(dataset, np.sort(pick[:train]), tag=f"train{train} seed {seed}"),
-            SubsetDataset(dataset, np.sort(pick[train:]), tag=f"val{val} seed {seed}"))
+class SplitSizeWarning(UserWarning):
+    """A source split's size is not the one a card's VTAB slices were computed for
+    (``vtab_splits.sizes``): the slices then pick positions in another list of examples, which
+    are not VTAB's."""
+
+
+def vtab_splits_of(card: DataCard) -> VtabSplits:
+    """``card.vtab_splits``, or a ``ValueError`` that says where the VTAB-1k sets exist."""
+    if card.vtab_splits is None:
+        raise ValueError(f"{card.name} has no vtab_splits (VTAB-1k's own train800/val200/test "
+                         f"slices): the vtab-* cards and the embedded world-* tasks have them. "
+                         f"For any dataset, vtab1k_split(dataset, how='random', seed=0) draws "
+                         f"a seeded random 800/200 of it.")
+    return card.vtab_splits
+
+
+def check_source_sizes(card: DataCard, source: Mapping[str, ImageDataset]) -> None:
+    """A :class:`SplitSizeWarning` for each given source split whose size is not the one the
+    card's VTAB slices were computed for (``vtab_splits.sizes``)."""
+    v = vtab_splits_of(card)
+    for name, ds in source.items():
+        want = v.sizes.get(name)
+        if want is not None and want != len(ds):
+            used = ", ".join(str(s) for p in ("train800", "val200", "test")
+                             for s in v.slices(p) if s.split == name)
+            warnings.warn(f"{card.name}: split {name!r} has {len(ds):,} examples, but VTAB's "
+                          f"slices were computed for {want:,} (vtab_splits.sizes, TFDS's "
+                          f"split): {used} are the same positions of another list of examples, "
+                          f"not VTAB's", SplitSizeWarning, stacklevel=3)
+
+
+def vtab_part(card: DataCard, part: str, source: Mapping[str, ImageDataset]) -> ImageDataset:
+    """VTAB-1k's ``part`` (train800, val200, train800val200 or test) of ``card``, cut from its
+    source splits ``source`` (source split name -> that whole split) as ``card.vtab_splits``
+    says: a :class:`SubsetDataset` of the slices' positions in the order written
+    (``train[:800]+train[45000:45200]`` is 0..799 then 45000..45199), or a
+    :class:`JoinedDataset` where the slices read two splits. A slice past a split's end is an
+    error, as in TFDS (sizes are checked by :func:`check_source_sizes`)."""
+    v = vtab_splits_of(card)
+    slices = v.slices(part)
+    pieces = []
+    for s in slices:
+        if s.split not in source:
+            raise ValueError(f"{card.name}: vtab_splits.{part} = {v.text(part)!r} reads split "
+                             f"{s.split!r}, not given (given: {', '.join(source)})")
+        ds = source[s.split]
+        try:
+            positions = s.resolve(len(ds))
+        except ValueError as e:
+            raise ValueError(f"{card.name}: vtab_splits.{part} = {v.text(part)!r}: {e}") \
+                from None
+        pieces.append((ds, np.arange(positions.start, positions.stop, dtype=np.int64), s))
+    tag = f"{part} = {v.text(part)} (VTAB-1k)"
+    if all(ds is pieces[0][0] for ds, _, _ in pieces):
+        return SubsetDataset(pieces[0][0], np.concatenate([i for _, i, _ in pieces]), tag=tag)
+    return JoinedDataset([SubsetDataset(ds, i, tag=str(s)) for ds, i, s in pieces], tag=tag)
+
+
+def vtab1k_split(dataset: ImageDataset, seed: int | None = None, train: int = 800,
+                 val: int = 200, *, how: str = "official"
+                 ) -> tuple[ImageDataset, ImageDataset]:
+    """VTAB-1k's ``train800`` / ``val200`` of a loaded train split; their union (train800val200)
+    is the 1000-example training set used after hyper-parameter selection.
+
+    ``how="official"`` (the default): the slices VTAB defines for the task, from the card's
+    ``vtab_splits`` (e.g. ``train[:800]`` and ``train[45000:45200]`` for CIFAR-100; the
+    embedded world tasks: ``train[:800]`` and ``train[800:1000]``), with VTAB's sizes; no seed.
+    Where val200 comes from another split (DTD's ``validation[:200]``), load both with
+    ``bitkit.data.vtab1k(task, "train800", "val200", path=...)`` instead.
+
+    ``how="random"``: a seeded random ``train + val`` examples of ``dataset``, split
+    ``train``/``val`` (``seed`` None is 0), for any dataset and any sizes; not VTAB's examples.
+    """
+    if how == "random":
+        seed = 0 if seed is None else seed
+        if train < 1 or val < 0:
+            raise ValueError(f"need train >= 1 and val >= 0; got {train}, {val}")
+        if len(dataset) < train + val:
+            raise ValueError(f"{dataset.card.name}:{dataset.split} has {len(dataset)} examples, "
+                             f"fewer than {train} + {val}")
+        pick = np.random.default_rng([seed, 0x1000]).permutation(len(dataset))[: train + val]
+        return (SubsetDataset(dataset, np.sort(pick[:train]), tag=f"train{train} random seed {seed}"),
+                SubsetDataset(dataset, np.sort(pick[train:]), tag=f"val{val} random seed {seed}"))
+    if how != "official":
+        raise ValueError(f"how must be 'official' (VTAB's own slices) or 'random' (a seeded "
+                         f"random split); got {how!r}")
+    card = dataset.card
+    v = vtab_splits_of(card)
+    if seed is not None:
+        raise ValueError(f"seed={seed} draws a random split: pass how='random' with it; "
+                         f"how='official' takes VTAB's own slices of {card.name}, which have no "
+                         f"seed")
+    sizes = card.vtab_split or (800, 200)
+    if (train, val) != tuple(sizes):
+        raise ValueError(f"how='official' takes VTAB's {sizes[0]}/{sizes[1]} of {card.name}; "
+                         f"other sizes ({train}/{val}) need how='random'")
+    here = card.splits.get(dataset.split, dataset.split)
+    other = [s.split for p in ("train800", "val200") for s in v.slices(p) if s.split != here]
+    if other:
+        raise ValueError(f"{card.name}: VTAB's train800 = {v.text('train800')!r} and val200 = "
+                         f"{v.text('val200')!r} are not both slices of the given "
+                         f"{dataset.split!r} split (also: {', '.join(dict.fromkeys(other))}); "
+                         f"load them with bitkit.data.vtab1k({card.name!r}, 'train800', "
+                         f"'val200', path=...)")
+    source = {here: dataset}
+    check_source_sizes(card, source)
+    return vtab_part(card, "train800", source), vtab_part(card, "val200", source)
+

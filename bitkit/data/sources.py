@@ -320,7 +320,15 @@ def _other_splits(path: str | os.PathLike, split: str, label_col: str) -> list[A
 
 def load_hf(card: DataCard, split: str, path: str | os.PathLike | None = None) -> HFImageDataset:
     """A card's split from the hub (``source.hub_id``) or from local data at ``path``."""
-    source_split = card.splits[split]
+    return load_source_split(card, card.splits[split], path, name=split)
+
+
+def load_source_split(card: DataCard, source_split: str, path: str | os.PathLike | None = None,
+                      *, name: str | None = None) -> HFImageDataset:
+    """The source's split ``source_split`` as named by the hub copy or the local files (also
+    one no role names, e.g. a VTAB task's TFDS ``validation``); ``name`` is the split the
+    dataset reports (its ids read ``<card>:<name>:<index>``), by default ``source_split``."""
+    split = name or source_split
     if path is not None:
         return HFImageDataset(open_local(path, source_split), card, split)
     if card.source.kind != "hub":
