@@ -377,3 +377,70 @@ def _torchrun_before_records(out: Path, outputs: list[str]) -> list[str]:
     except (OSError, ValueError, KeyError, TypeError, yaml.YAMLError):
         return []
     return outputs if ours else []
+
+
+# --------------------------------------------------------------------------------------------
+# Released files and ImageNet's class names (lesson 09)
+# --------------------------------------------------------------------------------------------
+
+
+def imagenet_class_names() -> list[str]:
+    """The 1,000 ILSVRC-2012 class names: ``names[i]`` names output ``i`` of a 1,000-class head.
+
+    Read offline from torchvision (a bitkit dependency). The order is ILSVRC-2012's standard
+    one, its WordNet ids sorted (n01440764 "tench" first, n15075141 "toilet tissue" last): the
+    label order of TFDS's ``imagenet2012`` (Google's TF2 and JAX BiT code) and of torchvision's
+    ``ImageFolder`` over the synset folders (their PyTorch code), so the order of the released
+    ``*-ILSVRC2012.npz`` heads' outputs, and of the ``ilsvrc2012_wordnet_lemmas.txt`` list the
+    official BiT colab names its predictions with. torchvision gives one short name per class.
+    """
+    from torchvision.models import ResNet50_Weights
+
+    names = list(ResNet50_Weights.IMAGENET1K_V1.meta["categories"])
+    if len(names) != 1000 or names[0] != "tench" or names[-1] != "toilet tissue":
+        raise RuntimeError("torchvision's ImageNet categories are not ILSVRC-2012's 1,000 classes "
+                           "in the standard (sorted WordNet id) order")
+    return names
+
+
+def how_to_get(name: str) -> str:
+    """How to get the released file ``name`` (e.g. ``"BiT-M-R50x1-ILSVRC2012"``), for a lesson to
+    print: its URL, the ``bitkit weights fetch`` line, and the download by hand."""
+    from bitkit import weights as w
+
+    src = w.source_of(name)
+    hub = f" (or `{src.hub_command}`, timm's copy)" if src.hub_repo else ""
+    return (f"{src.name}.npz ({src.about}): {src.url}\n"
+            f"  with network:    bitkit weights fetch {src.name}    (downloads it once, prints "
+            "its path)\n"
+            f"  without network: on a machine with internet access `curl -LO {src.url}`{hub}; "
+            f"copy the file here and pass its path, or put it in {w.default_cache_dir()} where "
+            "fetch finds it offline")
+
+
+def _finetuned_weights(value: Any) -> str | None:
+    """A released ILSVRC-2012 fine-tuned file: a 1,000-class head whose outputs have names."""
+    from bitkit import weights as w
+
+    if value not in (None, "") and not Path(str(value)).expanduser().is_file():
+        name = "BiT-M-R50x1-ILSVRC2012"
+        raise Invalid("", problem=f"no such file; download {w.RELEASE_URL}/{name}.npz (`bitkit "
+                      f"weights fetch {name}`) and give its path, or None to predict with the "
+                      "embedded model's own classes")
+    path = _weights(value)
+    if path is None:
+        return None
+
+    try:
+        arch = w.describe(path)
+    except ValueError as e:  # damaged, or not a BiT checkpoint: the loader's own message
+        raise Invalid("", problem=str(e)) from None
+    if arch.num_classes != 1000:
+        raise Invalid("", problem=f"holds a head of {arch.num_classes or 'no'} classes; ImageNet "
+                      "class names need a file fine-tuned on ILSVRC-2012 (1,000 classes), e.g. "
+                      "BiT-M-R50x1-ILSVRC2012.npz (BiT-M-R50x1.npz is the 21,843-class upstream "
+                      "model: pass it as weights)")
+    return path
+
+
+CHECKS.update({"finetuned_weights": _finetuned_weights, "download": inputs.boolean()})

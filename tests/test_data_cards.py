@@ -165,6 +165,56 @@ def test_user_card_folder_and_cli(tmp_path, monkeypatch, capsys):
     assert "99.37" in capsys.readouterr().out
 
 
+# Bundled files: the photographs of lesson 09, each credited on the photos card.
+def _bundled(**override):
+    raw = {"name": "toy", "title": "Toy", "description": "d", "group": "samples",
+           "source": {"kind": "bundled", "folder": "photos"}, "license": "CC0", "citation": "c",
+           "images": [{"file": "chelsea.jpg", "title": "Chelsea", "author": "Stefan van der Walt",
+                       "license": "CC0 1.0", "source": "scikit-image"}]}
+    raw.update(override)
+    return raw
+
+
+def test_the_photos_card_credits_every_bundled_file():
+    import torch
+
+    from bitkit.data import bundled, load
+
+    card = get_card("photos")
+    assert card.source.kind == "bundled" and card.group == "samples" and card.num_classes is None
+    files = sorted(p.name for p in bundled.folder().iterdir() if p.suffix == ".jpg")
+    assert sorted(im.file for im in card.images) == files and 5 <= len(files) <= 8
+    assert all(im.title and im.author and im.license and im.source for im in card.images)
+    assert sum((bundled.folder() / f).stat().st_size for f in files) < 300_000
+    photos = bundled.photos()
+    assert [p.name + ".jpg" for p in photos] == [im.file for im in card.images]
+    for p in photos:
+        assert p.image.dtype == torch.uint8 and p.image.shape[0] == 3
+        assert max(p.image.shape[1:]) <= 320 and p.credit.author in p.caption
+    with pytest.raises(ValueError, match="6 files bundled with bitkit, not a labelled dataset"):
+        load("photos")
+
+
+def test_a_bundled_card_needs_no_splits_and_credits_real_files():
+    card = parse_card(_bundled(), "cards/toy.yaml")
+    assert card.splits == {} and card.train_size == 0 and card.images[0].author
+    one = _bundled()["images"][0]
+    for override, text in [
+        ({"images": [{**one, "file": "nope.jpg"}]}, "field 'images.0.file': no file 'nope.jpg'"),
+        ({"images": [one, one]}, "field 'images.1.file': 'chelsea.jpg' is credited twice"),
+        ({"images": [{k: v for k, v in one.items() if k != "author"}]},
+         "field 'images.0.author': expected a value (this field is required)"),
+        ({"source": {"kind": "bundled"}}, "field 'source.folder': expected a value (required "
+                                          "when source.kind is 'bundled')"),
+        ({"source": {"kind": "bundled", "folder": "nowhere"}}, "field 'source.folder': no folder"),
+    ]:
+        with pytest.raises(CardError) as e:
+            parse_card(_bundled(**override), "cards/toy.yaml")
+        assert text in str(e.value)
+    with pytest.raises(CardError, match="field 'images': only bundled cards"):
+        parse_card(_raw(images=[one]), "cards/toy.yaml")
+
+
 # VTAB-1k's own sets, task by task, as google-research/task_adaptation defines them
 # (task_adaptation/data/<file>.py, each class's ``tfds_splits``; the percentages there turned
 # into positions with the TFDS split sizes its tests list): card -> (file, train800, val200,

@@ -18,7 +18,7 @@ from bitkit import runs
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 LESSONS = sorted(NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"))
 EXPECTED = ["00_quickstart", "01_architecture", "02_pretraining", "03_transfer", "04_few_shot",
-            "05_vtab", "06_error_browser", "07_duplicates", "08_out_of_context"]
+            "05_vtab", "06_error_browser", "07_duplicates", "08_out_of_context", "09_released_bit"]
 
 # One upstream model for every lesson, the notebooks' own default (about 100 s on 2 cores): the
 # smallest that makes transfer beat scratch by a clear margin.
@@ -348,3 +348,88 @@ def test_08_out_of_context(shared_cache, tmp_path):
     (point,) = m["models"].values()
     assert point["iid_top1"] > 5 * m["chance_top1"]  # the upstream model learnt its classes
     assert point["ooc_top1"] < point["iid_top1"]  # out of context is harder (supplementary F)
+
+
+# Lesson 09 reads released files. The test writes stand-ins in the released .npz layout from
+# small bitkit models (seconds, instead of two 100 MB downloads): a short upstream pre-training
+# for BiT-M-R50x1.npz, and a 1,000-class "fine-tuned" file whose head sends each photo to a
+# chosen ImageNet class, so the lesson's top-5 table can only come from the file.
+TINY_UPSTREAM = dict(upstream_size=2048, upstream_steps=60, upstream_batch=32)
+PHOTO_CLASSES = {"astronaut": "space shuttle", "camera": "reflex camera", "chelsea": "tabby",
+                 "china": "palace", "coffee": "espresso", "rocket": "missile"}
+SMALL_09 = dict(task="digits", train_size=300, test_size=200, steps=40, batch_size=32)
+
+
+def _released_stand_ins(folder):
+    import torch
+
+    from bitkit import data, experiments, hyperrule, lesson, models, weights
+    from bitkit.data import bundled
+
+    upstream = experiments.pretrain("R14x0.25", "world-upstream", size=TINY_UPSTREAM[
+        "upstream_size"], steps=TINY_UPSTREAM["upstream_steps"],
+        batch_size=TINY_UPSTREAM["upstream_batch"], progress=False)
+    upstream_file = weights.save_npz(upstream, folder / "BiT-M-R14x0.25.npz")
+    classifier = models.create("R14x0.25", num_classes=1000)
+    body = {k: v for k, v in upstream.state_dict().items() if not k.startswith("head.")}
+    classifier.load_state_dict(body, strict=False)
+    photos = bundled.photos()
+    size = hyperrule.hyperrule(data.get_card("ilsvrc2012")).crop  # the lesson's test resolution
+    with torch.no_grad():
+        f = classifier.eval().features(data.BiTTransform(size, size, train=False)(
+            [p.image for p in photos]))
+        # class c(i) scores (f - mean) . u_i with u_i the unit vector of photo i's centred
+        # features: photo i's largest score is its own (Cauchy-Schwarz), every other class is 0
+        u = torch.nn.functional.normalize(f - f.mean(0), dim=1)
+        names = lesson.imagenet_class_names()
+        for p, ui in zip(photos, u, strict=True):
+            c = names.index(PHOTO_CLASSES[p.name])
+            classifier.head.weight[c, :, 0, 0] = 50 * ui
+            classifier.head.bias[c] = -50 * (f.mean(0) @ ui)
+    finetuned_file = weights.save_npz(classifier, folder / "BiT-M-R14x0.25-ILSVRC2012.npz")
+    return upstream_file, finetuned_file
+
+
+@pytest.mark.slow
+def test_09_released_bit(shared_cache, tmp_path):
+    from bitkit import lesson
+
+    upstream_file, finetuned_file = _released_stand_ins(tmp_path)
+    m = run("09_released_bit", tmp_path, finetuned_weights=str(finetuned_file),
+            weights=str(upstream_file), model="R14x0.25", **SMALL_09)
+    names = set(lesson.imagenet_class_names())
+    assert not m["fallback"] and m["label_space"] == "ilsvrc2012"
+    assert m["num_classes_predicted"] == 1000 and m["prediction_resolution"] == 480
+    assert m["top1"] == PHOTO_CLASSES  # the table is computed from the file's head
+    assert all(len(t) == 5 and set(t) <= names for t in m["top5"].values())
+    assert all(1 >= p[0] > 0.5 and p == sorted(p, reverse=True) for p in m["top5_prob"].values())
+    assert m["download"]["missing"] == [] and m["download"]["fetch_error"] is None
+    assert m["train_size"] == 300 and m["test_size"] == 200 and m["steps"] == 40
+    assert m["chance_top1"] == 10.0 and m["paper"]["bit_l"] is None  # digits: no paper number
+    assert m["probe_top1"] > m["chance_top1"] + 30  # the upstream features carry the digits
+    assert m["finetune_top1"] > m["chance_top1"] + 8
+
+
+@pytest.mark.slow
+def test_09_without_files_or_network(shared_cache, tmp_path, monkeypatch):
+    # No network (the Hub offline, a proxy nobody answers for the bucket; the kernel inherits
+    # both) and empty caches: download=True tries bitkit.weights.fetch, shows why it failed and
+    # falls back to the embedded model.
+    monkeypatch.setenv("BITKIT_WEIGHTS", str(tmp_path / "weights"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    for var in ("https_proxy", "HTTPS_PROXY", "http_proxy", "HTTP_PROXY"):
+        monkeypatch.setenv(var, "http://127.0.0.1:9")
+    m = run("09_released_bit", tmp_path, download=True, **TINY_UPSTREAM, **SMALL_09)
+    url = "https://storage.googleapis.com/bit_models/BiT-M-R50x1-ILSVRC2012.npz"
+    assert m["fallback"] and m["finetuned_weights"] is None
+    assert m["label_space"] == "world-upstream" and m["num_classes_predicted"] == 728
+    assert m["download"]["urls"]["BiT-M-R50x1-ILSVRC2012"] == url
+    assert url in m["download"]["fetch_error"]  # fetch's message: what to download by hand
+    assert m["download"]["missing"] == ["BiT-M-R50x1-ILSVRC2012", "BiT-M-R50x1"]
+    (executed,) = (tmp_path / "09_released_bit").glob("*.ipynb")
+    printed = "".join(o.get("text", "") for c in nbformat.read(str(executed), as_version=4).cells
+                      if c.cell_type == "code" for o in c.outputs)
+    assert f"curl -LO {url}" in printed and "bitkit weights fetch BiT-M-R50x1-ILSVRC2012" in printed
+    assert "bitkit.weights.fetch('BiT-M-R50x1-ILSVRC2012') failed" in printed
+    assert m["probe_top1"] > m["chance_top1"] + 30 and m["finetune_top1"] > m["chance_top1"]

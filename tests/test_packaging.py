@@ -60,6 +60,14 @@ def test_the_wheel_carries_licence_version_cards_and_runs_from_elsewhere(wheel, 
     assert counts == f"{len(cards)} 99.37"
 
 
+def test_the_wheel_carries_the_bundled_photos(wheel):
+    # the files of the bundled photos card (lesson 09), as package data of bitkit.data
+    names = zipfile.ZipFile(wheel).namelist()
+    shipped = sorted(Path(n).name for n in names if n.startswith("bitkit/data/photos/"))
+    assert shipped == sorted(p.name for p in (ROOT / "bitkit" / "data" / "photos").glob("*.jpg"))
+    assert shipped and "bitkit/data/bundled.py" in names
+
+
 def test_the_licence_is_the_one_pyproject_names():
     assert (ROOT / "LICENSE").read_text().lstrip().startswith("Apache License")
     assert tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["license"] == \

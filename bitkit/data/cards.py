@@ -45,9 +45,9 @@ CARD_DIR = _card_dir()
 GROUPS = (
     "upstream", "standard", "benchmark", "vtab-natural", "vtab-specialized", "vtab-structured",
     "embedded-upstream", "embedded-natural", "embedded-specialized", "embedded-structured",
-    "embedded-objects", "real-small",
+    "embedded-objects", "real-small", "samples",
 )
-SOURCE_KINDS = ("hub", "local", "embedded", "sklearn", "unavailable", "collection")
+SOURCE_KINDS = ("hub", "local", "embedded", "sklearn", "unavailable", "collection", "bundled")
 SPLIT_ROLES = ("train", "val", "test")
 #: VTAB-1k's four sets (task_adaptation's split names): fit, select, retrain, test.
 VTAB_PARTS = ("train800", "val200", "train800val200", "test")
@@ -76,8 +76,10 @@ class Source:
 
     kind: ``hub`` (HF hub id + config), ``local`` (the user supplies a path; ``local_pattern``
     shows the expected layout), ``embedded`` (a generator in ``bitkit.data.world``), ``sklearn``
-    (a dataset shipped inside scikit-learn), ``unavailable`` (not public: card only), or
-    ``collection`` (a benchmark made of other cards, e.g. VTAB-1k).
+    (a dataset shipped inside scikit-learn), ``unavailable`` (not public: card only),
+    ``collection`` (a benchmark made of other cards, e.g. VTAB-1k), or ``bundled`` (files shipped
+    inside bitkit, in the folder ``bitkit/data/<folder>``, each credited on the card's
+    ``images``; read with ``bitkit.data.bundled``).
     """
 
     kind: str
@@ -89,6 +91,7 @@ class Source:
     generator: str | None = None
     params: dict[str, Any] = field(default_factory=dict)
     members: tuple[str, ...] = ()
+    folder: str | None = None
     note: str = ""
 
 
@@ -208,6 +211,29 @@ class VtabSplits:
         return tuple(dict.fromkeys(s.split for p in VTAB_PARTS for s in self.slices(p)))
 
 
+#: Where the folders of ``bundled`` cards live: ``source.folder`` is relative to this package
+#: folder (``bitkit/data``), installed with bitkit as package data (pyproject.toml).
+BUNDLED_DIR = Path(__file__).resolve().parent
+
+
+@dataclass(frozen=True)
+class ImageCredit:
+    """Who made one bundled file and under which licence (a ``bundled`` card's ``images``).
+
+    ``license`` states the licence exactly as its source does; ``source`` is where bitkit's copy
+    was taken from, ``url`` the original's address, ``note`` what bitkit changed (resized,
+    re-encoded).
+    """
+
+    file: str
+    title: str
+    author: str
+    license: str
+    source: str
+    url: str = ""
+    note: str = ""
+
+
 @dataclass(frozen=True)
 class DuplicateResult:
     """Supplementary Table 1: BiT-L accuracy on the full and de-duplicated test set (%), and the
@@ -274,6 +300,7 @@ class DataCard:
     resolution: tuple[int, int] | None = None
     class_names: tuple[str, ...] | None = None
     notes: str = ""
+    images: tuple[ImageCredit, ...] = ()  # bundled cards: every file, credited
     path: str = ""
 
     def role_of(self, source_split: str) -> str | None:
@@ -311,15 +338,24 @@ def _source(v: Any) -> Source:
         "image_column": _opt_str, "label_column": _opt_str, "local_pattern": _opt_str,
         "generator": _opt_str, "params": inputs.mapping_of(inputs.anything, inputs.anything,
                                                            "a mapping of parameters"),
-        "members": _listed(_str), "note": _text,
+        "members": _listed(_str), "folder": _opt_str, "note": _text,
     }
     s = Source(**inputs.fields(spec, required=("kind",), what="a mapping of source fields")(v))
-    need = {"hub": "hub_id", "embedded": "generator", "sklearn": "generator"}.get(s.kind)
+    need = {"hub": "hub_id", "embedded": "generator", "sklearn": "generator",
+            "bundled": "folder"}.get(s.kind)
     if need and not getattr(s, need):
         raise inputs.Invalid(f"a value (required when source.kind is {s.kind!r})", path=(need,))
     if s.kind == "collection" and not s.members:
         raise inputs.Invalid("a list of member card names", path=("members",))
     return s
+
+
+def _image(v: Any) -> ImageCredit:
+    spec = {"file": _str, "title": _str, "author": _str, "license": _str, "source": _str,
+            "url": _text, "note": _text}
+    return ImageCredit(**inputs.fields(spec, required=("file", "title", "author", "license",
+                                                       "source"),
+                                       what="a mapping of file/title/author/license/source")(v))
 
 
 def _dup(v: Any) -> DuplicateResult:
@@ -368,11 +404,24 @@ _CARD_SPEC: dict[str, Check] = {
     "vtab_splits": lambda v: None if v is None else _vtab_splits(v),
     "resolution": lambda v: None if v is None else tuple(_pair(v)),
     "class_names": lambda v: None if v is None else _listed(_str)(v), "notes": _text,
+    "images": lambda v: tuple(inputs.list_of(_image)(v)),
 }
 _REQUIRED = ("name", "title", "description", "group", "source", "splits", "train_size",
              "multi_label", "flip", "crop", "license", "citation")
 _CARD = inputs.fields(_CARD_SPEC, required=_REQUIRED,
                       what="a YAML mapping of card fields at the top level")
+# A bundled card describes files to look at and predict, not a dataset to train on: no splits,
+# no training size, no augmentation facts, unless it states them.
+_BUNDLED_CARD = inputs.fields(
+    _CARD_SPEC, required=("name", "title", "description", "group", "source", "license",
+                          "citation", "images"),
+    defaults={"splits": {}, "train_size": 0, "multi_label": False, "flip": False, "crop": False},
+    what="a YAML mapping of card fields at the top level")
+
+
+def _card_rule(raw: Any) -> inputs.Rule:
+    source = raw.get("source") if isinstance(raw, dict) else None
+    return _BUNDLED_CARD if isinstance(source, dict) and source.get("kind") == "bundled" else _CARD
 
 
 def parse_card(raw: Any, path: str = "<card>") -> DataCard:
@@ -381,7 +430,7 @@ def parse_card(raw: Any, path: str = "<card>") -> DataCard:
     doc = raw if isinstance(raw, inputs.Document) else inputs.Document(raw)
     doc.file = path
     try:
-        card = DataCard(**_CARD(doc.data), path=path)
+        card = DataCard(**_card_rule(doc.data)(doc.data), path=path)
         _cross_check(card)
     except inputs.Invalid as e:
         raise inputs.error(e, doc, error_type=CardError) from None
@@ -393,11 +442,12 @@ def _cross_check(card: DataCard) -> None:
     stem = Path(card.path).stem
     if card.path != "<card>" and stem != card.name:
         raise bad(f"the file's name without .yaml ({stem!r})", card.name, ("name",))
-    loadable = card.source.kind not in ("unavailable", "collection")
+    loadable = card.source.kind not in ("unavailable", "collection", "bundled")
     for name in ("num_classes", "image_size") if loadable else ():
         if not getattr(card, name):
-            raise bad("a value (required unless source.kind is unavailable or collection)",
-                      path=(name,))
+            raise bad("a value (required unless source.kind is unavailable, collection or "
+                      "bundled)", path=(name,))
+    _check_images(card)
     if card.source.kind in ("embedded", "sklearn"):  # generated/split here: sizes say how many
         missing = [role for role in card.splits if role not in card.split_sizes]
         if missing:
@@ -487,6 +537,28 @@ def _check_vtab_splits(card: DataCard, v: VtabSplits) -> None:
                       f"vtab_splits.test), got {v.text('test')!r}", path=("vtab_splits", "test"))
 
 
+def _check_images(card: DataCard) -> None:
+    """``images`` belongs to bundled cards and credits each file once; every file is there."""
+    bad = inputs.Invalid
+    if card.source.kind != "bundled":
+        if card.images:
+            raise bad("", problem="only bundled cards (source.kind: bundled) list images",
+                      path=("images",))
+        return
+    folder = BUNDLED_DIR / str(card.source.folder)
+    if not folder.is_dir():
+        raise bad("", problem=f"no folder {folder} (source.folder is relative to {BUNDLED_DIR})",
+                  path=("source", "folder"))
+    seen: set[str] = set()
+    for i, im in enumerate(card.images):
+        if im.file in seen:
+            raise bad("", problem=f"{im.file!r} is credited twice", path=("images", str(i), "file"))
+        seen.add(im.file)
+        if Path(im.file).name != im.file or not (folder / im.file).is_file():
+            raise bad("", problem=f"no file {im.file!r} in {folder}",
+                      path=("images", str(i), "file"))
+
+
 def read_card(path: str | os.PathLike) -> DataCard:
     """Read and validate one YAML card file."""
     p = Path(path)
@@ -572,6 +644,9 @@ def cards_command(args: argparse.Namespace) -> int:
         if card.vtab_splits is not None:
             print(f"{'vtab_splits':>12}: {card.vtab_splits.table()}")
         print(f"{'source':>12}: {card.source}")
+        for im in card.images:
+            print(f"{'image':>12}: {im.file}: {im.title}, by {im.author}; {im.license} "
+                  f"(from {im.source})")
         return 0
     shown = [c for c in cards if args.group is None or c.group == args.group]
     print(f"{'name':<26} {'group':<21} {'classes':>7} {'train':>11} {'HxW':>9} flip crop")

@@ -35,6 +35,10 @@ def load(source: str | DataCard | os.PathLike, split: str = "train", *,
         hf = sources.open_local(source, split)
         return sources.HFImageDataset(hf, sources.local_card(source, hf, split), split)
     card = source if isinstance(source, DataCard) else get_card(str(source))
+    if card.source.kind == "bundled":
+        raise ValueError(f"{card.name} is {len(card.images)} files bundled with bitkit, not a "
+                         f"labelled dataset: read them with bitkit.data.bundled.photos("
+                         f"{card.name!r}) ({card.title})")
     if split not in card.splits and split == "test" and card.vtab_splits is not None:
         return vtab1k(card, "test", path=path, **options)
     if split not in card.splits:
