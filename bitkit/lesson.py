@@ -153,7 +153,8 @@ CHECKS: dict[str, inputs.Rule] = {
                                            "names or local paths"),
     "model": _model, "weights": _weights, "upstream": _upstream,
     "upstream_size": _whole(64), "upstream_steps": _whole(5), "upstream_sizes": _whole_list(64),
-    "upstream_batch": _whole(2), "steps": _whole(5), "batch_size": _whole(2),
+    # steps = None: the recipe's own schedule (BiT-HyperRule's 500 to 20k steps), on a GPU
+    "upstream_batch": _whole(2), "steps": inputs.optional(_whole(5)), "batch_size": _whole(2),
     "train_size": inputs.optional(_whole(1)), "test_size": inputs.optional(_whole(1)),
     "shots": _whole_list(1), "seeds": _whole_list(0), "seed": _whole(0),
     "processes": _processes, "device": _device, "variant": inputs.one_of("S", "M", "L"),

@@ -173,6 +173,15 @@ def test_notebook_values_are_checked_before_a_kernel_starts(lesson_like, tmp_pat
         "lr": 1e-4, "note": [1, "x"], "steps": 5}
 
 
+def test_steps_null_is_the_recipes_own_schedule_in_every_lesson():
+    """README and lessons tell GPU users `-p steps null`; it must pass the pre-kernel check."""
+    from pathlib import Path
+
+    for nb in sorted((Path(__file__).parents[1] / "notebooks").glob("0*.ipynb")):
+        if "steps" in runs.notebook_parameters(nb):
+            assert runs.resolve_parameters(nb, {"steps": None})["steps"] is None, nb.name
+
+
 def test_a_parameter_file_error_names_its_line(lesson_like, tmp_path):
     f = tmp_path / "params.yaml"
     f.write_text("steps: 50\ntsk: world-objects\n")
