@@ -1,4 +1,4 @@
-"""Linear few-shot probe (closed-form ridge, FACTS.md) vs scikit-learn LogisticRegression.
+"""Linear few-shot probe (closed-form ridge, the released recipe) vs scikit-learn LogisticRegression.
 
 Same features, same k-shot subsets (bitkit.data.fewshot: balanced, seeded), same run. For each
 feature set and k, both probes are fitted on every seed's subset and scored on the full test set;

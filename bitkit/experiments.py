@@ -1,6 +1,6 @@
 """The two experiments every lesson runs: pre-train upstream, then transfer with BiT-HyperRule.
 
-Each is the spine of DESIGN.md written out once: data card -> recipe -> BiT preprocessing ->
+Each is bitkit's spine written out once: data card -> recipe -> BiT preprocessing ->
 ``fit`` -> ``evaluate.predict``. Notebooks call these so a lesson shows the idea, not the
 plumbing; the functions are short enough to read when a student asks what happens inside.
 

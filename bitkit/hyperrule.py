@@ -7,7 +7,7 @@ base learning rate 0.003, batch 512, no weight decay.
 
 This module implements the rule *as released* (google-research/big_transfer, ``bit_hyperrule.py``),
 which differs from the paper's prose in one place: the paper says "decay at 30%, 60% and 90%", the
-release decays small tasks at steps 200/300/400 of 500. The numbers live in ``FACTS.md``.
+release decays small tasks at steps 200/300/400 of 500. The numbers are the released ``bit_hyperrule.py``'s.
 
 Each function returns a :class:`Recipe`: the numbers ``fit`` needs plus a list of
 :class:`Decision` records saying which threshold fired and why, so the CLI and the HyperRule
@@ -26,7 +26,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-#: Released BiT-HyperRule constants (paper 3.3; FACTS.md).
+#: Released BiT-HyperRule constants (paper 3.3; the released bit_hyperrule.py).
 BASE_LR = 0.003
 BATCH_SIZE = 512
 MOMENTUM = 0.9

@@ -6,7 +6,7 @@ with a message that names the parameter and the fix, instead of twenty minutes l
 torch. :func:`save_metrics` writes the headline numbers next to the executed notebook
 (``$BITKIT_RUN_DIR`` under ``bitkit run``, else the working directory).
 
-No UI imports here (DESIGN.md): :func:`setup` only sets plotly's renderer by name.
+No UI imports here (the library never imports widgets): :func:`setup` only sets plotly's renderer by name.
 """
 
 from __future__ import annotations

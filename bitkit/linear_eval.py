@@ -1,8 +1,8 @@
 """Fast linear few-shot evaluation on frozen pre-logits (closed-form ridge regression).
 
-The paper's few-shot numbers (section 4.1, Figure 2) come from fine-tuning; Google's later BiT
+The paper's few-shot numbers (section 3.5, Figure 2) come from fine-tuning; Google's later BiT
 code tracks representation quality during training with a much cheaper probe, implemented here
-exactly (see ``shared/bit/FACTS.md``, "Few-shot"):
+exactly (the recipe of Google's later BiT few-shot evaluation):
 
 1. whiten every feature with the *few-shot training set's* mean and (population) std + 1e-5;
 2. append a constant bias feature of 100 -- large, so its weight is almost unregularised;
@@ -84,7 +84,7 @@ class RidgeProbe:
 
 def fit_ridge(features: np.ndarray, labels: np.ndarray, num_classes: int | None = None,
               l2: float = L2_REG) -> RidgeProbe:
-    """Fit the few-shot probe (FACTS.md recipe) on ``features`` (N, D) and ``labels``.
+    """Fit the few-shot probe (the released recipe) on ``features`` (N, D) and ``labels``.
 
     Computed in float64: the dual solve on a few dozen examples is exact either way, and float64
     keeps the primal solve well-conditioned for 2048-d features of a large training set.
@@ -141,7 +141,7 @@ class FewShotResult:
         return vals
 
     def median(self, shots: int) -> float:
-        """The paper's number: the median over seeds (section 4.1)."""
+        """The paper's number: the median over seeds (section 3.5, Figure 2)."""
         return float(np.median(self.per_seed(shots)))
 
     def rows(self) -> list[dict[str, Any]]:

@@ -1,6 +1,6 @@
 """ResNet-v2 with Group Normalization and Weight Standardization: the BiT architecture.
 
-Paper section 4.3 ("Upstream Pre-Training"): BiT replaces every BatchNorm of a pre-activation
+Paper section 3.3 ("Upstream Pre-Training"; analysis in 4.3): BiT replaces every BatchNorm of a pre-activation
 ResNet (He et al., 2016, "v2") with GroupNorm and standardizes the weights of every convolution.
 Neither depends on batch statistics, so the model trains the same with 8 images per device or
 4096, which is what makes large-batch upstream training and small-batch transfer both work

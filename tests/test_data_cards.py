@@ -48,6 +48,11 @@ def test_paper_numbers_are_copied_exactly():
         assert (p.bit_l, p.bit_s, p.bit_m) == (l, s, m), name
     assert get_card("vtab-1k").paper.bit_l_std == 1.70
     assert get_card("ilsvrc2012").paper.few_shot == {5: 72.0, 10: 76.8, 100: 84.1}
+    # Tables 4-5: ResNet-50 with BN / BN+WS / GN / GN+WS, upstream and on VTAB-1k
+    assert get_card("ilsvrc2012").paper.normalisation == {"BN": 75.6, "BN+WS": 75.8, "GN": 70.2,
+                                                          "GN+WS": 76.0}
+    assert get_card("vtab-1k").paper.normalisation == {"BN": 67.72, "BN+WS": 66.78,
+                                                       "GN": 68.77, "GN+WS": 70.39}
 
 
 # Supplementary Table 1, row by row: (Full, Dedup, Dups) from JFT, ImageNet-21k, ILSVRC-2012.

@@ -1,6 +1,6 @@
 """BiT-HyperRule, the upstream schedule and the search space against the released numbers.
 
-The reference below is a transcription of the released ``bit_hyperrule.py`` (FACTS.md): the
+The reference below is a transcription of the released ``bit_hyperrule.py``: the
 tables and lr values must equal it exactly, at every threshold and every boundary.
 """
 

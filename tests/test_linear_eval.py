@@ -1,4 +1,4 @@
-"""bitkit.linear_eval: the FACTS.md few-shot probe, checked against an independent ridge solve."""
+"""bitkit.linear_eval: the released few-shot probe recipe, checked against an independent ridge solve."""
 
 import numpy as np
 import pytest

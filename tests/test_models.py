@@ -1,4 +1,4 @@
-"""The BiT ResNet-v2 matches the definition in FACTS.md and the paper (section 4.3)."""
+"""The BiT ResNet-v2 matches the released code's definition and the paper (sections 3.3, 4.3)."""
 
 import pytest
 import torch
@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from bitkit import models, resnetv2
 from bitkit.models import PreActBottleneck, StdConv2d, create, get_config, standardize_weight
 
-# Millions of parameters, computed from the architecture (FACTS.md): backbone incl. final GN,
+# Millions of parameters, computed from the architecture: backbone incl. final GN,
 # and with a 1000-class head.
 BACKBONE_M = {"R50x1": 23.50, "R50x3": 211.17, "R101x1": 42.49, "R101x3": 381.79,
               "R152x2": 232.24, "R152x4": 928.34}

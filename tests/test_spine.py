@@ -1,6 +1,6 @@
 """Upstream pre-training on real data (Inception-style crop, path=) and one resolution rule.
 
-FACTS.md, "Upstream pre-training": Inception-style crop to 224 + random flip. Run files and
+Paper 3.3, "Upstream Pre-Training": Inception-style crop to 224 + random flip. Run files and
 bitkit.experiments choose the resolution with the same function (hyperrule.resolution_for),
 so a printed recipe always says what trained.
 """

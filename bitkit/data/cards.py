@@ -51,6 +51,7 @@ SOURCE_KINDS = ("hub", "local", "embedded", "sklearn", "unavailable", "collectio
 SPLIT_ROLES = ("train", "val", "test")
 #: VTAB-1k's four sets (task_adaptation's split names): fit, select, retrain, test.
 VTAB_PARTS = ("train800", "val200", "train800val200", "test")
+NORMALISATIONS = ("BN", "BN+WS", "GN", "GN+WS")  # paper Tables 4-5
 UPSTREAMS = ("jft", "imagenet21k", "ilsvrc2012")
 
 
@@ -250,7 +251,10 @@ class PaperResults:
 
     bit_l: Table 1 (BiT-L, median of 3 runs, ``bit_l_std`` the std); bit_s / bit_m: Table 2
     (R152x4 pre-trained on ILSVRC-2012 / ImageNet-21k); few_shot: BiT-L with k examples per
-    class from the text; duplicates: supplementary Table 1, keyed by upstream dataset.
+    class from the text; duplicates: supplementary Table 1, keyed by upstream dataset;
+    normalisation: Tables 4-5, a ResNet-50 with each of BN, BN+WS, GN, GN+WS trained from
+    scratch on ILSVRC-2012 at batch 4096 (Table 4, on the ilsvrc2012 card) and transferred to
+    VTAB-1k (Table 5, on the vtab-1k card).
     """
 
     bit_l: float | None = None
@@ -259,6 +263,7 @@ class PaperResults:
     bit_m: float | None = None
     few_shot: dict[int, float] = field(default_factory=dict)
     duplicates: dict[str, DuplicateResult] = field(default_factory=dict)
+    normalisation: dict[str, float] = field(default_factory=dict)
     note: str = ""
 
 
@@ -368,6 +373,8 @@ def _paper(v: Any) -> PaperResults:
             "few_shot": inputs.mapping_of(_pos_int, _pct, "a mapping of k -> accuracy"),
             "duplicates": inputs.mapping_of(inputs.one_of(*UPSTREAMS), _dup,
                                             "a mapping of upstream -> row"),
+            "normalisation": inputs.mapping_of(inputs.one_of(*NORMALISATIONS), _pct,
+                                               "a mapping of BN / BN+WS / GN / GN+WS -> accuracy"),
             "note": _text}
     return PaperResults(**inputs.fields(spec, what="a mapping of paper results")(v))
 

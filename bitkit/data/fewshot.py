@@ -1,7 +1,7 @@
 """Few-shot subsets: balanced, seeded, nested across k; and VTAB-1k's 800/200 split.
 
 The paper transfers with k = 1, 5, 10, 25, ... examples per class over several random subsets
-(section 4.1, Figure 2; FACTS: report the median of 5). The released PyTorch code did not seed
+(section 3.5, Figure 2: 5 random subsets, the median reported). The released PyTorch code did not seed
 these subsets; here a subset is a pure function of (labels, k, seed) and subsets are *nested*
 within a seed: the 1-shot set is inside the 5-shot set, which is inside the 10-shot set. Each
 class is shuffled once per seed and k-shot takes the first k of each class, so a curve over k

@@ -1,6 +1,6 @@
 """BiT preprocessing, batched: square resize -> random crop -> random flip, pixels in [-1, 1].
 
-Paper section 3.3 / FACTS: at training time resize to a square (aspect ratio not kept), take a
+Paper section 3.3 and the released code: at training time resize to a square (aspect ratio not kept), take a
 random ``crop x crop`` square and flip horizontally at random; at test time only resize to the
 crop size. Tasks whose label a flip or a crop destroys skip it (supplementary E): the card's
 ``flip``/``crop`` flags decide. When crop is off, training resizes straight to the crop size,
