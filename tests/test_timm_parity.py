@@ -5,8 +5,8 @@ eps 1e-8, bitkit must agree with timm to float32 round-off. With its default 1e-
 difference is the epsilon inside sqrt(var + eps): with conv weights of variance ~1e-4..1e-3 that
 moves each layer by ~eps/(2 var) ~ 1e-5 relative; at the logits we measure 1.7e-5 and require
 < 1e-4 (the known fp32 gap between the two implementations: ~1e-4). Weights travel timm ->
-bitkit two ways: through the state-dict
-mapping, and through our .npz writer read back by timm's own .npz loader (the released path).
+bitkit two ways: through the state-dict mapping, and through our .npz writer read back by
+timm's own .npz loader (the released path).
 """
 
 import pytest
