@@ -1,9 +1,11 @@
 """Shared test setup. Tests never reach the network: the hub is offline, data is made locally.
 
 Also shared helpers: the ``one_thread`` fixture, a tiny learnable image dataset
-(:class:`Images`) with :func:`write_run`, a run file over it, and :func:`world_shards`, tar
-shards of the embedded world with one unreadable record. Test modules import the helpers with
-``from conftest import Images, write_run`` (pytest puts ``tests/`` on ``sys.path``).
+(:class:`Images`) with :func:`write_run`, a run file over it, :func:`world_shards`, tar
+shards of the embedded world with one unreadable record, and :func:`random_model`, a model
+whose every tensor (head included) is seeded noise, for weight-file round trips. Test modules
+import the helpers with ``from conftest import Images, write_run`` (pytest puts ``tests/`` on
+``sys.path``).
 """
 
 import io
@@ -58,6 +60,19 @@ class Images(Dataset):
             t[(self.y[i] + 1) % self.classes] = 1.0
             return self.x[i], t
         return self.x[i], int(self.y[i])
+
+
+def random_model(name="R14x0.25", classes=10, **kw):
+    """``create(name, num_classes=classes, **kw)`` with every parameter drawn from N(0, 1)
+    (seed 0): a zero or default-initialised tensor could hide a tensor a file round trip lost."""
+    from bitkit.models import create
+
+    m = create(name, num_classes=classes, **kw)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in m.parameters():
+            p.copy_(torch.randn(p.shape, generator=g))
+    return m
 
 
 def write_run(tmp_path, name="run", steps=3, data=None, **train_overrides):

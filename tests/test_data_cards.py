@@ -93,6 +93,13 @@ def test_jft_card_says_not_public():
     assert (jft.num_classes, jft.multi_label) == (18291, True)
 
 
+def rejects(raw, text):
+    """The card is refused with a message containing ``text`` (file, field, expectation)."""
+    with pytest.raises(CardError) as e:
+        parse_card(raw, "cards/toy.yaml")
+    assert text in str(e.value)
+
+
 def _raw(**override):
     raw = {
         "name": "toy", "title": "Toy", "description": "d", "group": "standard",
@@ -128,9 +135,7 @@ def test_valid_minimal_card_parses():
      "data is made or split here"),
 ])
 def test_bad_fields_name_file_field_and_expectation(override, text):
-    with pytest.raises(CardError) as e:
-        parse_card(_raw(**override), "cards/toy.yaml")
-    assert text in str(e.value)
+    rejects(_raw(**override), text)
 
 
 def test_missing_required_field():
@@ -349,9 +354,7 @@ def _vtab_raw(**vtab_splits):
                             "'train800val200'?)"),
 ])
 def test_bad_vtab_splits_say_what_is_wrong(override, text):
-    with pytest.raises(CardError) as e:
-        parse_card(_vtab_raw(**override), "cards/toy.yaml")
-    assert text in str(e.value)
+    rejects(_vtab_raw(**override), text)
 
 
 def test_vtab_splits_need_all_four_sets_and_loadable_splits():

@@ -3,18 +3,10 @@
 import numpy as np
 import pytest
 import torch
+from conftest import random_model
 
 from bitkit import weights
 from bitkit.models import create
-
-
-def _random_model(name="R14x0.25", classes=10, **kw):
-    m = create(name, num_classes=classes, **kw)
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for p in m.parameters():
-            p.copy_(torch.randn(p.shape, generator=g))
-    return m
 
 
 def _same_state(a, b):
@@ -23,7 +15,7 @@ def _same_state(a, b):
 
 
 def test_npz_layout_names_and_hwio(tmp_path):
-    m = _random_model()
+    m = random_model()
     path = weights.save_npz(m, tmp_path / "m.npz")
     with np.load(path, allow_pickle=False) as f:
         keys = set(f.files)
@@ -40,7 +32,7 @@ def test_npz_layout_names_and_hwio(tmp_path):
 
 
 def test_npz_round_trip_is_exact(tmp_path):
-    a = _random_model()
+    a = random_model()
     p1 = weights.save_npz(a, tmp_path / "a.npz")
     b = create("R14x0.25", num_classes=10, weights=str(p1), keep_head=True)
     assert _same_state(a, b)
@@ -51,7 +43,7 @@ def test_npz_round_trip_is_exact(tmp_path):
 
 
 def test_safetensors_round_trip_and_metadata(tmp_path):
-    a = _random_model(norm="batch")
+    a = random_model(norm="batch")
     with torch.no_grad():
         a.train()(torch.randn(4, 3, 32, 32))  # non-trivial running statistics
     path = weights.save_safetensors(a, tmp_path / "a.safetensors")
@@ -64,7 +56,7 @@ def test_safetensors_round_trip_and_metadata(tmp_path):
 
 
 def test_timm_named_files_load(tmp_path):
-    a = _random_model()
+    a = random_model()
     path = weights.save_safetensors(a, tmp_path / "timm.safetensors", timm_names=True)
     b = create("R14x0.25", num_classes=10, weights=str(path), keep_head=True)
     assert _same_state(a, b)
@@ -74,7 +66,7 @@ def test_timm_named_files_load(tmp_path):
 
 
 def test_numbered_conv_names_are_normalised(tmp_path):
-    a = _random_model()
+    a = random_model()
     path = weights.save_npz(a, tmp_path / "a.npz")
     with np.load(path) as f:
         arrays = {k.replace("standardized_conv2d", "standardized_conv2d_3"): f[k] for k in f.files}
@@ -84,7 +76,7 @@ def test_numbered_conv_names_are_normalised(tmp_path):
 
 
 def test_other_num_classes_gets_a_zero_head_and_says_so(tmp_path, caplog):
-    a = _random_model(classes=21843 // 100)
+    a = random_model(classes=21843 // 100)
     path = weights.save_npz(a, tmp_path / "up.npz")
     b = create("R14x0.25", num_classes=5)
     with caplog.at_level("WARNING", logger="bitkit.weights"):
@@ -97,7 +89,7 @@ def test_other_num_classes_gets_a_zero_head_and_says_so(tmp_path, caplog):
 
 
 def test_headless_file_loads_as_feature_extractor(tmp_path):
-    a = _random_model()
+    a = random_model()
     path = weights.save_npz(a, tmp_path / "a.npz")
     with np.load(path) as f:
         np.savez(tmp_path / "nohead.npz", **{k: f[k] for k in f.files if "/head/" not in k})
@@ -107,14 +99,14 @@ def test_headless_file_loads_as_feature_extractor(tmp_path):
 
 
 def test_wrong_size_names_both_architectures(tmp_path):
-    path = weights.save_npz(_random_model("R14x0.25"), tmp_path / "small.npz")
+    path = weights.save_npz(random_model("R14x0.25"), tmp_path / "small.npz")
     with pytest.raises(ValueError, match=r"holds an R14x0.25 .* the model is R26x0.25.*create\('R14x0.25'"):
         create("R26x0.25", num_classes=10, weights=str(path))
     assert weights.describe(path).name == "R14x0.25"
 
 
 def test_missing_key_and_wrong_shape_are_named(tmp_path):
-    a = _random_model()
+    a = random_model()
     path = weights.save_npz(a, tmp_path / "a.npz")
     with np.load(path) as f:
         arrays = {k: f[k] for k in f.files}
@@ -163,7 +155,7 @@ def test_user_mistakes_get_clear_messages(tmp_path):
 
 def test_fetch_downloads_once_into_the_cache(tmp_path):
     server = tmp_path / "server"
-    weights.save_npz(_random_model(), server / "BiT-S-R14.npz")
+    weights.save_npz(random_model(), server / "BiT-S-R14.npz")
     cache = tmp_path / "cache"
     path = weights.fetch("BiT-S-R14", cache_dir=cache, base_url=server.as_uri())
     assert path == cache / "BiT-S-R14.npz" and path.is_file()
@@ -177,7 +169,7 @@ def test_fetch_downloads_once_into_the_cache(tmp_path):
 def test_cli_info_and_convert(tmp_path, capsys):
     from bitkit.cli import main
 
-    a = _random_model()
+    a = random_model()
     src = weights.save_npz(a, tmp_path / "a.npz")
     assert main(["weights", "info", str(src)]) == 0
     assert "R14x0.25" in capsys.readouterr().out
@@ -194,7 +186,7 @@ def test_cli_info_and_convert(tmp_path, capsys):
 def test_damaged_files_say_download_again(tmp_path, suffix, damage):
     """An interrupted download must not end in BadZipFile / SafetensorError / EOFError, nor in
     numpy's misleading 'pickled data' (what random bytes in an .npz used to give)."""
-    m = _random_model()
+    m = random_model()
     good = tmp_path / f"good{suffix}"
     if suffix == ".npz":
         weights.save_npz(m, good)

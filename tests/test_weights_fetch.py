@@ -12,21 +12,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import torch
+from conftest import random_model
 
 from bitkit import weights
 from bitkit.cli import main
 from bitkit.models import create
 
 UNREACHABLE = "http://127.0.0.1:9"  # the discard port: connection refused at once
-
-
-def _random_model(name="R14x0.25", classes=10):
-    m = create(name, num_classes=classes)
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for p in m.parameters():
-            p.copy_(torch.randn(p.shape, generator=g))
-    return m
 
 
 def _same_body(a, b):
@@ -105,7 +97,7 @@ class Bucket:
 @pytest.fixture()
 def released(tmp_path):
     """An R14x0.25 in the released .npz layout: (model, its bytes)."""
-    model = _random_model()
+    model = random_model()
     path = weights.save_npz(model, tmp_path / "src" / "model.npz")
     return model, path.read_bytes()
 
@@ -228,13 +220,13 @@ def test_offline_says_how_to_get_the_file_by_hand(tmp_path, hub_cache, monkeypat
     assert f"curl -L -o {target}" in err and "Traceback" not in err
 
     # a file put there by hand (either way the message says) is used without network
-    weights.save_npz(_random_model(), target)
+    weights.save_npz(random_model(), target)
     assert weights.fetch("BiT-M-R50x1", cache_dir=cache, base_url=UNREACHABLE) == target
     assert main(["weights", "fetch", "BiT-M-R50x1", "--cache-dir", str(cache),
                  "--base-url", UNREACHABLE]) == 0
     assert capsys.readouterr().out.strip() == str(target)
     by_hub = cache / "BiT-M-R50x1" / "model.safetensors"
-    weights.save_safetensors(_random_model(), by_hub, timm_names=True)
+    weights.save_safetensors(random_model(), by_hub, timm_names=True)
     assert weights.fetch("BiT-M-R50x1", cache_dir=cache, base_url=UNREACHABLE,
                          source="hub") == by_hub
 
@@ -264,7 +256,7 @@ def _hub_snapshot(hub_cache, repo, model, revision="0123456789abcdef0123456789ab
 def test_hub_copy_comes_from_the_hugging_face_cache_offline(tmp_path, hub_cache, monkeypatch,
                                                             capsys):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    model = _random_model()
+    model = random_model()
     snapshot = _hub_snapshot(hub_cache, "timm/resnetv2_50x1_bit.goog_in21k", model)
     cache = tmp_path / "cache"
     # through huggingface_hub's hf_hub_download (local_files_only), HF_HUB_CACHE read now
@@ -355,7 +347,7 @@ def test_info_refuses_files_that_are_not_bit_resnets(tmp_path, capsys):
 def test_info_still_describes_partial_bit_files(tmp_path, capsys):
     import numpy as np
 
-    path = weights.save_npz(_random_model(), tmp_path / "a.npz")
+    path = weights.save_npz(random_model(), tmp_path / "a.npz")
     with np.load(path) as f:
         np.savez(tmp_path / "nohead.npz", **{k: f[k] for k in f.files if "/head/" not in k})
     arch = weights.describe(tmp_path / "nohead.npz")
