@@ -314,6 +314,8 @@ def test_error_browser_filters_sorts_and_pages(tmp_path):
     first_card = browser.grid.children[0].children[0].value
     assert browser.rows[5]["id"] in first_card and "<img" in first_card
     assert first_card.count("height:9px;width:") == 5  # top-5 bars
+    for k in report.topk[browser.rows[5]["index"]][:5]:  # every class name in full, not cut
+        assert f">{report.class_names[int(k)]}<" in first_card.replace("<b>", "").replace("</b>", "")
     assert browser.error is None
 
 
@@ -324,6 +326,8 @@ def test_error_browser_heatmap_click_filters_the_grid(tmp_path):
     z = np.asarray(browser.figure.data[0].z, dtype=float)
     assert z[cell["true"], cell["predicted"]] == cell["count"] and np.isnan(z[0, 0])
     json.dumps(browser.figure.data[0].z, allow_nan=False)  # a NaN would break the widget sync
+    root = browser._root.children  # the grid a click filters is right below the heatmap
+    assert root.index(browser.figure) < root.index(browser.grid)
     click_cell(browser.figure, cell["predicted_name"], cell["true_name"])
     assert browser.true_filter.value == cell["true"]
     assert browser.pred_filter.value == cell["predicted"]
@@ -344,6 +348,10 @@ def test_error_browser_annotations_are_saved_and_reloaded(tmp_path):
     saved = json.loads(path.read_text())
     assert saved["labels"] == {ids[0]: "model right", ids[1]: "label right", ids[2]: "unsure"}
     assert "reviewed 3/" in browser.summary.value
+    # counts, not rates, after 3 verdicts: "100% label noise" after one would say nothing
+    assert "clearly right for 1 of 3 reviewed mistakes; 2 of 3 are ambiguity or label noise " \
+           "(review at least 10 for a rate)" in browser.summary.value
+    assert "%)" not in browser.summary.value.split("reviewed 3/")[1].split("(paper")[0]
     browser.grid.children[2].children[1].value = None  # un-review
     again = ErrorBrowser(report, image_list(report), annotations=path, page_size=4)
     assert again.review_counts() == {"model right": 1, "label right": 1, "unsure": 0,

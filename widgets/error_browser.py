@@ -49,6 +49,9 @@ SORTS = {
     "dataset order": ("index", False),
 }
 UNREVIEWED = "not reviewed yet"
+#: Below this many reviewed mistakes the summary gives counts only: "100% after one verdict"
+#: says nothing about a dataset.
+MIN_REVIEWS_FOR_RATES = 10
 ANY = -1
 
 
@@ -126,7 +129,7 @@ class ErrorBrowser(Panel):
         self.page_label = W.HTML()
         self.summary = W.HTML()
         self.grid = W.GridBox(layout=W.Layout(
-            grid_template_columns=f"repeat(auto-fill, minmax({thumb + 130}px, 1fr))",
+            grid_template_columns=f"repeat(auto-fill, minmax({thumb + 190}px, 1fr))",
             grid_gap="8px", width="100%"))
         self.figure = go.FigureWidget(self._heatmap_figure())
         self.figures = [self.figure]
@@ -141,10 +144,12 @@ class ErrorBrowser(Panel):
                           W.HBox([self.sort, self.review_filter, self.clear_button])])
         self._root = W.VBox([
             heading("Mistakes", "supplementary C / Fig. 7: review what the model gets wrong"),
-            self.summary, filters, self.status,
+            # the heatmap right above the filters and the grid: a click on a cell shows its
+            # mistakes just below, in view
+            self.summary, self.figure, filters, self.status,
             W.HBox([self.prev_button, self.page_label, self.next_button],
                    layout=W.Layout(align_items="center")),
-            self.grid, self.figure,
+            self.grid,
         ], layout=W.Layout(max_width="1100px"))
         self.refresh()
 
@@ -292,13 +297,15 @@ class ErrorBrowser(Panel):
             right = cls == r.label[i]
             colour = "#2e7d32" if right else "#90a4ae"
             name = html.escape(self._label_of[int(cls)])
+            # the name gets a line of its own (wrapping, never cut), the bar the line below
             out.append(
-                f'<div style="display:flex;align-items:center;font-size:11px;line-height:14px">'
-                f'<span style="width:84px;overflow:hidden;text-overflow:ellipsis;white-space:nowrap"'
-                f' title="{name}">{"<b>" if right else ""}{name}{"</b>" if right else ""}</span>'
-                f'<span style="flex:1;background:#eee;height:9px;margin:0 4px">'
+                f'<div style="font-size:11px;line-height:13px;margin-bottom:2px">'
+                f'<div style="display:flex;justify-content:space-between;gap:4px">'
+                f'<span style="overflow-wrap:anywhere">{"<b>" if right else ""}{name}'
+                f'{"</b>" if right else ""}</span><span>{100 * float(p):.0f}%</span></div>'
+                f'<div style="background:#eee;height:9px">'
                 f'<span style="display:block;height:9px;width:{100 * float(p):.1f}%;'
-                f'background:{colour}"></span></span>{100 * float(p):.0f}%</div>')
+                f'background:{colour}"></span></div></div>')
         return "".join(out)
 
     def _card_html(self, row: dict[str, Any]) -> str:
@@ -364,13 +371,16 @@ class ErrorBrowser(Panel):
             chips = " ".join(
                 f'<span style="color:{COLOURS[v]};font-weight:600">{v}: {c}</span>'
                 for v, c in counts.items())
-            not_label = reviewed - counts["label right"]
+            right = counts["label right"]
+            not_label = reviewed - right
+            rates = (f" ({pct(right / reviewed)} and {pct(not_label / reviewed)})"
+                     if reviewed >= MIN_REVIEWS_FOR_RATES else
+                     f" (review at least {MIN_REVIEWS_FOR_RATES} for a rate)")
             parts.append(
-                f"reviewed {reviewed}/{n_mistakes}: {chips} · the label is clearly right in "
-                f"{pct(counts['label right'] / reviewed)} of reviewed mistakes; "
-                f"{pct(not_label / reviewed)} are ambiguity or label noise "
-                "(paper: about half on CIFAR-10; the label was clearly right for only 19.21% "
-                "of ILSVRC-2012 mistakes)")
+                f"reviewed {reviewed}/{n_mistakes}: {chips} · the label is clearly right for "
+                f"{right} of {reviewed} reviewed mistakes; {not_label} of {reviewed} are ambiguity "
+                f"or label noise{rates} (paper, supplementary C: about half on "
+                "CIFAR-10; the label was clearly right for only 19.21% of ILSVRC-2012 mistakes)")
         where = f" · saved to {html.escape(str(self.path))}" if self.path else " · not saved"
         return f'<div style="font-size:13px">{"<br>".join(parts)}{where}</div>'
 
