@@ -315,6 +315,20 @@ def test_06_error_browser(shared_cache, tmp_path):
     assert m["hardest_class_accuracy"] <= m["top1"] <= m["easiest_class_accuracy"]
     assert m["most_confused"]["count"] >= 1
     assert m["review"] == {"model right": 0, "label right": 0, "unsure": 0, "both wrong": 0}
+    # the figures show every class, names in full, and the numbers the lesson computed
+    from bitkit import data
+
+    names = list(data.load("world-objects", "test").class_names)
+    (bars,) = figures(tmp_path / "06_error_browser", "Per-class test accuracy")
+    (trace,) = bars["data"]
+    assert sorted(values(trace["y"])) == sorted(names) and trace["orientation"] == "h"
+    acc = values(trace["x"])
+    assert acc == sorted(acc) and acc[0] == pytest.approx(m["hardest_class_accuracy"] / 100)
+    assert acc[-1] == pytest.approx(m["easiest_class_accuracy"] / 100)
+    assert bars["layout"]["height"] >= 22 * len(names)  # a readable row per class
+    (cm,) = figures(tmp_path / "06_error_browser", "Confusion matrix")
+    assert values(cm["data"][0]["x"]) == values(cm["data"][0]["y"]) == names
+    assert cm["layout"]["xaxis"]["dtick"] == 1  # every label shown
 
 
 @pytest.mark.slow
