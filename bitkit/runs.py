@@ -250,12 +250,17 @@ def check_kernel(kernel: str = KERNEL) -> None:
 
 
 def export_html(notebook: str | os.PathLike, html: str | os.PathLike) -> Path:
-    """The executed notebook as one HTML file (plotly figures carry their own plotly.js)."""
+    """The executed notebook as one HTML file that works offline: plotly.js is embedded once,
+    in the page's head, and every figure's fragment (``lesson.PLOTLY_RENDERER``) draws with it."""
     import nbconvert
     import nbformat
+    from plotly.offline import get_plotlyjs
 
     nb = nbformat.read(str(notebook), as_version=4)
     body, _ = nbconvert.HTMLExporter().from_notebook_node(nb)
+    if "Plotly.newPlot" in body:
+        head = f'<script type="text/javascript">{get_plotlyjs()}</script>'
+        body = body.replace("</head>", head + "\n</head>", 1)
     html = Path(html)
     html.write_text(body, encoding="utf-8")
     return html

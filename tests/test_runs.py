@@ -53,6 +53,10 @@ def test_run_writes_notebook_html_metrics_and_parameters(tiny, tmp_path, monkeyp
     assert any("application/vnd.plotly.v1+json" in o.get("data", {}) for o in outputs)
     html = (out / "tiny.html").read_text()
     assert "squares of x" in html and "Plotly.newPlot" in html
+    # plotly.js once, in the page (offline), and never in the saved notebook
+    assert html.count("* plotly.js v") == 1 and html.index("* plotly.js v") < html.index("<body")
+    assert "* plotly.js v" not in (out / "tiny.ipynb").read_text()
+    assert (out / "tiny.ipynb").stat().st_size < 100_000
     assert "ran tiny.ipynb" in capsys.readouterr().out
 
 
