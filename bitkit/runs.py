@@ -4,8 +4,9 @@
 headless with papermill (the project's ``bitkit`` kernel, a per-cell timeout, cell output logged)
 and leaves in ``DIR``:
 
-- ``<notebook>.ipynb``: the executed copy, outputs included;
-- ``<notebook>.html``: the same as a standalone HTML page (plots embedded, viewable offline);
+- ``<notebook>.ipynb``: the executed copy, outputs included; panels as their static views
+  (:func:`keep_static_views`), figures without plotly.js, so it reopens anywhere and stays small;
+- ``<notebook>.html``: the same as a standalone HTML page (plotly.js embedded once, offline);
 - ``metrics.json``: the headline numbers the notebook wrote (``bitkit.lesson.save_metrics``);
 - ``parameters.yaml``: the parameters used (the notebook's defaults overridden by yours).
 
@@ -249,6 +250,33 @@ def check_kernel(kernel: str = KERNEL) -> None:
             f"--display-name \"bitkit (.venv)\"` (make test does this)") from None
 
 
+WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
+
+
+def keep_static_views(notebook: str | os.PathLike) -> Path:
+    """The executed copy as it must reopen: without its kernel, no live widget can come back.
+
+    Every widget output keeps only its static rendering (bitkit's panels put one, the panel's
+    state at display time, in the same output: ``widgets._common.Panel``), and the notebook's
+    saved widget state goes (models no kernel will serve again; plotly's FigureWidget alone
+    stores 5 MB of its own JavaScript there). A reopened copy then shows every panel as
+    tables, thumbnails and figures instead of "Error displaying widget: model not found", and
+    stays small enough for a course repository.
+    """
+    import nbformat
+
+    path = Path(notebook)
+    nb = nbformat.read(str(path), as_version=4)
+    for cell in nb.cells:
+        for output in cell.get("outputs", []) if cell.cell_type == "code" else ():
+            data = output.get("data", {})
+            if WIDGET_VIEW in data:
+                del data[WIDGET_VIEW]  # text/html (a panel) or text/plain (any widget) remains
+    nb.metadata.pop("widgets", None)
+    nbformat.write(nb, str(path))
+    return path
+
+
 def export_html(notebook: str | os.PathLike, html: str | os.PathLike) -> Path:
     """The executed notebook as one HTML file that works offline: plotly.js is embedded once,
     in the page's head, and every figure's fragment (``lesson.PLOTLY_RENDERER``) draws with it."""
@@ -332,8 +360,10 @@ def run_notebook(
                                    progress_bar=progress, execution_timeout=cell_timeout)
     except Exception as e:  # noqa: BLE001 - any failure is reported with its cell
         failure = _failure(nb_path, out, e)
-        if html and executed.exists():
-            export_html(executed, out / nb_path.with_suffix(".html").name)
+        if executed.exists():
+            keep_static_views(executed)
+            if html:
+                export_html(executed, out / nb_path.with_suffix(".html").name)
         raise failure from e
     finally:
         for k, v in saved.items():
@@ -341,6 +371,7 @@ def run_notebook(
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+    keep_static_views(executed)
     result = RunResult(nb_path, out, params, seconds=time.perf_counter() - started)
     if html:
         export_html(executed, result.html)

@@ -97,11 +97,12 @@ def run(name, tmp_path, **params):
         title = o["data"]["application/vnd.plotly.v1+json"]["layout"]["title"]["text"]
         assert title and title.split("<")[0][:30] in html
     assert result.metrics, "the notebook wrote no metrics.json"
-    # a saved lesson fits in a course repository; its HTML export carries plotly.js once.
-    # (Lessons with a live panel also store its widget state, plotly's FigureWidget bundling
-    # its own plotly.js: not yet small, so the size is asserted for lessons without one.)
-    if "widgets" not in executed.metadata:
-        assert result.executed.stat().st_size < 1_000_000, result.executed.stat().st_size
+    # the executed copy reopens without its kernel: static views, no dangling widget models,
+    # small enough for a course repository; its HTML export carries plotly.js once
+    assert "widgets" not in executed.metadata
+    assert not [o for c in executed.cells if c.cell_type == "code" for o in c.outputs
+                if "application/vnd.jupyter.widget-view+json" in o.get("data", {})]
+    assert result.executed.stat().st_size < 1_000_000, result.executed.stat().st_size
     assert html.count("* plotly.js v") == 1
     return result.metrics
 
@@ -332,6 +333,8 @@ def test_06_error_browser(shared_cache, tmp_path):
     assert acc == sorted(acc) and acc[0] == pytest.approx(m["hardest_class_accuracy"] / 100)
     assert acc[-1] == pytest.approx(m["easiest_class_accuracy"] / 100)
     assert bars["layout"]["height"] >= 22 * len(names)  # a readable row per class
+    executed = (tmp_path / "06_error_browser" / "06_error_browser.ipynb").read_text()
+    assert "Mistakes (static copy of the error browser)" in executed  # the panel, reopened
     (cm,) = figures(tmp_path / "06_error_browser", "Confusion matrix")
     assert values(cm["data"][0]["x"]) == values(cm["data"][0]["y"]) == names
     assert cm["layout"]["xaxis"]["dtick"] == 1  # every label shown

@@ -128,3 +128,25 @@ def test_sbatch_array_script_and_collect(tiny, tmp_path, capsys):
     # a typo fails before anything is written for the cluster
     assert cli.main(["sweep", str(tiny), "-g", "z", "1", "--sbatch", "--out",
                      str(tmp_path / "bad")]) == 2
+
+
+def test_the_executed_copy_keeps_static_views_and_drops_dead_widget_models(tmp_path):
+    view = "application/vnd.jupyter.widget-view+json"
+    nb = new_notebook(metadata={"kernelspec": KERNELSPEC, "widgets": {
+        "application/vnd.jupyter.widget-state+json": {"state": {"m1": {"_esm": "x" * 10_000}}}}})
+    panel = nbformat.v4.new_output("display_data", data={
+        view: {"model_id": "m1", "version_major": 2, "version_minor": 0},
+        "text/html": "<b>static view of the panel</b>", "text/plain": "<Panel>"})
+    bare = nbformat.v4.new_output("display_data", data={view: {"model_id": "m2"},
+                                                        "text/plain": "IntSlider(value=3)"})
+    cell = new_code_cell("panel")
+    cell.outputs = [panel, bare]
+    nb.cells = [cell]
+    path = tmp_path / "done.ipynb"
+    nbformat.write(nb, str(path))
+    runs.keep_static_views(path)
+    again = nbformat.read(str(path), as_version=4)
+    assert "widgets" not in again.metadata
+    first, second = again.cells[0].outputs
+    assert set(first["data"]) == {"text/html", "text/plain"}  # the panel's static view stays
+    assert set(second["data"]) == {"text/plain"}  # a bare widget: its text, not "model not found"

@@ -1,8 +1,9 @@
 """What every panel shares: live widget + static fallback, error reporting, images, tables.
 
 A panel is shown in two places. In JupyterLab the live ipywidgets view renders; in a notebook
-executed headless (papermill) and exported with nbconvert there is no widget state, so nbconvert
-falls back to the ``text/html`` of the same output. :class:`Panel` therefore puts both in one
+executed headless (``bitkit run``) the executed copy keeps only the ``text/html`` of the same
+output (``bitkit.runs.keep_static_views``: no kernel will serve its widget models again), and so
+does its HTML export. :class:`Panel` therefore puts both in one
 mime bundle: the widget view *and* a static HTML rendering (tables, thumbnails and a plotly
 figure) of what the panel shows at display time.
 """
