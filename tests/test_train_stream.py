@@ -14,6 +14,7 @@ from torch.utils.data import IterableDataset
 
 from bitkit import checkpoint, train
 from bitkit.data import get_card, load
+from bitkit.data.corrupt import UnreadableImagesWarning
 from bitkit.data.sources import to_hf
 from bitkit.data.streaming import HFStream, ShardStream, write_shards
 from bitkit.data.transforms import PreprocessedStream, preprocess, preprocess_stream
@@ -76,8 +77,9 @@ def test_fit_trains_on_a_stream_across_epochs_and_resumes_at_the_next_epoch(shar
     first = Steps(control, stop_at=7)
     model = _model()
     before = model.head.weight.detach().clone()
-    result = fit(model, stream, _config(10), out_dir=tmp_path, observers=[first],
-                 control=control)
+    with pytest.warns(UnreadableImagesWarning, match="skipped 1 unreadable image"):
+        result = fit(model, stream, _config(10), out_dir=tmp_path, observers=[first],
+                     control=control)
     assert result.step == 7 and result.reason.startswith("stopped")
     assert first.steps == list(range(1, 8))
     assert raw.epochs == [0, 1]                      # epoch 0 ran out, restarted with a new shuffle
@@ -89,7 +91,8 @@ def test_fit_trains_on_a_stream_across_epochs_and_resumes_at_the_next_epoch(shar
 
     raw2, stream2 = _stream(shards)
     resumed = Steps()
-    result = fit(_model(), stream2, _config(10), out_dir=tmp_path, observers=[resumed])
+    with pytest.warns(UnreadableImagesWarning, match="skipped 1 unreadable image"):
+        result = fit(_model(), stream2, _config(10), out_dir=tmp_path, observers=[resumed])
     assert result.step == 10 and resumed.steps == [8, 9, 10]
     assert raw2.epochs == [2]                         # the next epoch, a fresh shuffle
     state = checkpoint.load(tmp_path / train.CHECKPOINT_FILE)
@@ -100,7 +103,8 @@ def test_same_seed_same_weights_on_a_stream(shards):
     def run(seed):
         _, stream = _stream(shards, seed=seed)
         model = _model()
-        fit(model, stream, _config(2))
+        with pytest.warns(UnreadableImagesWarning):  # the shards hold one broken record
+            fit(model, stream, _config(2))
         return model.head.weight.detach().clone(), model.stem.conv.weight.detach().clone()
 
     a, b, c = run(0), run(0), run(1)
