@@ -237,6 +237,15 @@ def test_03_transfer(shared_cache, tmp_path):
     objects = m["tasks"]["world-objects"]
     assert objects["transfer"] > objects["scratch"] + 5
     assert m["mean_transfer"] > m["mean_scratch"]
+    # the chart's bars are the run's numbers, every task on its axis, side by side
+    (fig,) = figures(tmp_path / "03_transfer", "BiT-HyperRule transfer vs from scratch")
+    assert fig["layout"]["barmode"] == "group"
+    series = {t["name"]: dict(zip(values(t["x"]), values(t["y"]), strict=True))
+              for t in fig["data"]}
+    for name, key in (("from scratch", "scratch"), ("BiT transfer", "transfer"),
+                      ("chance", "chance")):
+        assert list(series[name]) == tasks
+        assert series[name] == pytest.approx({t: m["tasks"][t][key] for t in tasks}, abs=1e-4)
 
 
 @pytest.mark.slow
