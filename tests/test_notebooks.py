@@ -258,6 +258,19 @@ def test_04_few_shot(shared_cache, tmp_path):
     assert up["5"] > rnd["5"] + 5  # pre-trained features beat random ones
     assert all(s >= 0 for s in m["linear_upstream_spread"].values())
     assert m["chance_top1"] < m["finetuned_upstream"]["1"] <= 100
+    # the curves are the run's medians, with min-max bars that match its spread
+    (fig,) = figures(tmp_path / "04_few_shot", "Few-shot top-1 on world-objects")
+    curves = {t["name"]: t for t in fig["data"] if t.get("name")}
+    for name, key in (("linear, BiT upstream (median)", "linear_upstream"),
+                      ("linear, random init (median)", "linear_random")):
+        assert values(curves[name]["x"]) == [1, 5]
+        assert values(curves[name]["y"]) == pytest.approx([m[key]["1"], m[key]["5"]], abs=1e-4)
+    bars = curves["linear, BiT upstream (median)"]["error_y"]
+    spread = [a + b for a, b in zip(values(bars["array"]), values(bars["arrayminus"]),
+                                    strict=True)]
+    assert spread == pytest.approx([m["linear_upstream_spread"][k] for k in ("1", "5")], abs=1e-4)
+    star = curves["fine-tuned, BiT upstream (median)"]
+    assert values(star["y"]) == pytest.approx([m["finetuned_upstream"]["1"]], abs=1e-4)
 
 
 def test_05_takes_the_random_search_trials_of_bitkit_sweep():
