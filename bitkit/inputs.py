@@ -175,9 +175,16 @@ def parse_yaml(text: str, file: str | os.PathLike | None = None) -> Document:
 def read_yaml(path: str | os.PathLike, what: str = "file") -> Document:
     """Read a YAML file; a missing file is a ``FileNotFoundError`` that names ``what`` it is."""
     p = Path(path)
+    if p.is_dir():
+        raise InputError(f"{what} {p} is a folder; give the YAML file in it")
     if not p.is_file():
         raise FileNotFoundError(f"{what} {p} does not exist")
-    return parse_yaml(p.read_text(encoding="utf-8"), p)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise InputError(f"{p}: not a YAML file (not UTF-8 text: byte {e.start} cannot be "
+                         "read); is it the right path?") from None
+    return parse_yaml(text, p)
 
 
 def check(given: Any, rule: Rule, *, source: str | None = None, label: str = "field") -> Any:

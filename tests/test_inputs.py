@@ -6,8 +6,6 @@ would work and what was given, and the command must exit 2 without a traceback.
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 import yaml
@@ -243,4 +241,12 @@ def test_run_files_written_by_the_lessons_pass_the_checker(tmp_path):
     (tmp_path / "run.yaml").write_text(yaml.safe_dump(spec))
     checked = runfile.load_run_config(tmp_path / "run.yaml")
     assert checked["recipe_args"] == {"batch_size": 8} and checked["resolution"] == [40, 32]
-    assert json.loads(json.dumps(checked["train"]["seed"])) == 0
+    assert checked["train"]["schedule"] == Schedule(0.003, 1, (3,), 5)
+
+
+def test_a_folder_or_a_binary_file_as_run_file_says_so(tmp_path, capsys):
+    assert train_error(tmp_path, capsys) == f"run config {tmp_path} is a folder; give the YAML " \
+                                            "file in it"
+    (tmp_path / "model.pt").write_bytes(b"\x89PNG\x00\x01")
+    assert train_error(tmp_path / "model.pt", capsys).startswith(
+        f"{tmp_path / 'model.pt'}: not a YAML file (not UTF-8 text")
