@@ -433,13 +433,10 @@ def how_to_get(name: str) -> str:
     from bitkit import weights as w
 
     src = w.source_of(name)
-    hub = f" (or `{src.hub_command}`, timm's copy)" if src.hub_repo else ""
     return (f"{src.name}.npz ({src.about}): {src.url}\n"
             f"  with network:    bitkit weights fetch {src.name}    (downloads it once, prints "
-            "its path)\n"
-            f"  without network: on a machine with internet access `curl -LO {src.url}`{hub}; "
-            f"copy the file here and pass its path, or put it in {w.default_cache_dir()} where "
-            "fetch finds it offline")
+            f"its path)\n  without network, on a machine with internet access:\n"
+            f"{w.manual_download(src.name)}")
 
 
 def _finetuned_weights(value: Any) -> str | None:

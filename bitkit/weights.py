@@ -779,10 +779,20 @@ def _by_hand(src: WeightsSource, target: Path, cache: Path, failures: list[_Sour
     why = "; ".join(str(f) for f in failures)
     if any(f.missing for f in failures):
         return f"Could not download {src.name}: {why}."
-    q = shlex.quote
-    lines = [f"Could not download {src.name} ({why}); put it at {target} by hand, on a machine "
-             "with internet access:",
-             f"  curl -L -o {q(str(target))} {q(src.url)}",
+    return (f"Could not download {src.name} ({why}); put it at {target} by hand, on a machine "
+            f"with internet access:\n{_manual_lines(src, cache)}")
+
+
+def manual_download(name: str, cache_dir: str | os.PathLike | None = None) -> str:
+    """How to get the released file ``name`` by hand, into the folder :func:`fetch` looks in
+    first (so it then works offline): curl / wget lines, the Hub's copy where there is one."""
+    return _manual_lines(source_of(name),
+                         Path(cache_dir).expanduser() if cache_dir else default_cache_dir())
+
+
+def _manual_lines(src: WeightsSource, cache: Path) -> str:
+    target, q = cache / f"{src.name}.npz", shlex.quote
+    lines = [f"  curl -L -o {q(str(target))} {q(src.url)}",
              f"  (or: wget -O {q(str(target))} {q(src.url)})"]
     if src.hub_repo:
         lines.append(f"  or from the Hugging Face Hub: {src.hub_command} --local-dir "
