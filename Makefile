@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.bitkit-installed
 PYTEST_ARGS ?=
 
-.PHONY: demo test install lint clean
+.PHONY: demo test install prepare lint clean
 
 demo: $(STAMP)
 	$(PY) -m bitkit run notebooks/00_quickstart.ipynb --out runs/quickstart
@@ -18,6 +18,10 @@ test: $(STAMP)
 	exit $$rc
 
 install: $(STAMP)
+
+# Before class: pre-train, once, every upstream model the lessons share (cached).
+prepare: $(STAMP)
+	$(PY) -m bitkit prepare
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 10))' || \

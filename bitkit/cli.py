@@ -127,7 +127,18 @@ def _notebook_options(p: argparse.ArgumentParser) -> None:
 def _run(p: argparse.ArgumentParser) -> None:
     _notebook_options(p)
     p.add_argument("--out", metavar="DIR", help="output folder (default runs/<notebook name>)")
+    p.add_argument("--solutions", action="store_true",
+                   help="also run the worked solutions (solutions/<notebook>.md beside it) after "
+                   "the lesson's cells, in the same kernel")
     p.set_defaults(handler="bitkit.runs:run_command")
+
+
+def _prepare(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--lesson", metavar="NN", help="only the models lesson NN uses (e.g. 02)")
+    p.add_argument("--list", action="store_true",
+                   help="list the shared models, their lessons and whether they are cached")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(handler="bitkit.lesson:prepare_command")
 
 
 def _sweep(p: argparse.ArgumentParser) -> None:
@@ -170,6 +181,10 @@ COMMANDS: list[tuple[str, str, str, Callable[[argparse.ArgumentParser], None]]] 
     ("run", "execute a notebook headless (papermill) with parameters",
      "Execute a lesson notebook with papermill. The output folder receives the executed "
      "notebook, an HTML export, metrics.json and parameters.yaml.", _run),
+    ("prepare", "build the upstream models the lessons share (run once before class)",
+     "Pre-train, once, every upstream model the lessons use with their defaults "
+     "(bitkit.lesson.SHARED_UPSTREAMS), into the cache ($BITKIT_CACHE or ~/.cache/bitkit); "
+     "a model already there is not trained again.", _prepare),
     ("sweep", "run a notebook over a parameter grid or random-search trials",
      "Fan a notebook out over a grid (-g) or the supplementary-A random search (--search N), "
      "one run after another here, or as a SLURM array (--sbatch).", _sweep),

@@ -89,13 +89,9 @@ def pretrain(
     size = size if embedded else len(raw)
     if size < batch_size:
         raise ValueError(f"size ({size}) must be at least one batch ({batch_size}) of images")
-    settings = dict(model=model, upstream=upstream, size=size, steps=steps, batch_size=batch_size,
-                    variant=variant, seed=seed, train=train_overrides, bitkit=__version__,
-                    world=world.VERSION)  # a changed world must not reuse an old model
-    if base_lr is not None:  # only when given: the rule's own lr keeps its usual key
-        settings["base_lr"] = base_lr
-    if path is not None:
-        settings["path"] = str(Path(path).expanduser().resolve())
+    settings = _pretrain_settings(model, upstream, size=size, steps=steps, batch_size=batch_size,
+                                  variant=variant, seed=seed, base_lr=base_lr, path=path,
+                                  train_overrides=train_overrides)
     folder = _cache_folder(settings, cache_dir)
     final = folder / FINAL_WEIGHTS
     net = create(model, num_classes=raw.num_classes)
@@ -124,6 +120,33 @@ def pretrain(
     if result.step == config.schedule.total_steps:  # a stopped run stays resumable, not final
         weights.save_safetensors(net, final)
     return net
+
+
+def _pretrain_settings(model: str, upstream: str, *, size: int, steps: int, batch_size: int,
+                       variant: str, seed: int, base_lr: float | None,
+                       path: str | os.PathLike | None,
+                       train_overrides: dict[str, Any]) -> dict[str, Any]:
+    """Every setting that changes a pre-trained model's weights: its cache key."""
+    settings = dict(model=model, upstream=upstream, size=size, steps=steps, batch_size=batch_size,
+                    variant=variant, seed=seed, train=train_overrides, bitkit=__version__,
+                    world=world.VERSION)  # a changed world must not reuse an old model
+    if base_lr is not None:  # only when given: the rule's own lr keeps its usual key
+        settings["base_lr"] = base_lr
+    if path is not None:
+        settings["path"] = str(Path(path).expanduser().resolve())
+    return settings
+
+
+def is_pretrained(model: str = "R14x0.25", upstream: str = "world-upstream", *,
+                  size: int = 50_000, steps: int = 600, batch_size: int = 128,
+                  variant: str = "S", seed: int = 0, base_lr: float | None = None,
+                  cache_dir: str | os.PathLike | None = None, **train_overrides: Any) -> bool:
+    """Whether :func:`pretrain` with these (embedded-upstream) settings would load a finished
+    model from the cache instead of training (``bitkit prepare --list`` reports it)."""
+    settings = _pretrain_settings(model, upstream, size=size, steps=steps, batch_size=batch_size,
+                                  variant=variant, seed=seed, base_lr=base_lr, path=None,
+                                  train_overrides=train_overrides)
+    return (_cache_folder(settings, cache_dir) / FINAL_WEIGHTS).is_file()
 
 
 def _cache_folder(settings: dict[str, Any], cache_dir: str | os.PathLike | None) -> Path:

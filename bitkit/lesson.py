@@ -14,7 +14,8 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -229,9 +230,135 @@ def upstream_model(model: str, *, weights: str | None = None, upstream: str = "w
         from bitkit import weights as w
 
         arch = w.describe(weights)
+        print(f"upstream model: {arch.name} from {weights} (its own head of "
+              f"{arch.num_classes or 'no'} classes kept)")
         return models.create(model, num_classes=arch.num_classes, weights=weights, keep_head=True)
+    print("upstream model:", describe_upstream(model, upstream, size=size, steps=steps,
+                                               batch_size=batch_size, seed=seed))
     return experiments.pretrain(model, upstream, size=size, steps=steps, batch_size=batch_size,
                                 seed=seed, observers=observers, progress=progress())
+
+
+def describe_upstream(model: str, upstream: str = "world-upstream", *, size: int = 50_000,
+                      steps: int = 600, batch_size: int = 128, seed: int = 0,
+                      base_lr: float | None = None, variant: str = "S",
+                      **train_overrides: Any) -> str:
+    """One line saying how a lesson's upstream model is (or was) trained.
+
+    Lessons share pre-trained models, so each says which one it uses: a learner who compares
+    numbers across lessons, or who reads in lesson 02 that another setting trains better, can
+    see exactly what the shared model is.
+    """
+    from bitkit import hyperrule
+
+    recipe = hyperrule.upstream(size, variant=variant, batch_size=batch_size,
+                                epochs=steps * batch_size / size)
+    lr = recipe.schedule.base_lr if base_lr is None else base_lr
+    why = "BiT's upstream rule, 0.03 x batch/256" if base_lr is None else "given"
+    extra = "".join(f", {k}={v!r}" for k, v in train_overrides.items())
+    return (f"{model} pre-trained on {upstream}: {size:,} images, {steps:,} SGD steps at batch "
+            f"{batch_size} ({steps * batch_size / size:.2g} epochs), peak lr {lr:g} ({why}), "
+            f"weight decay {recipe.weight_decay:g}, BiT-{variant}'s schedule compressed to "
+            f"those steps, seed {seed}{extra}")
+
+
+#: The pre-trained models the lessons share with their default parameters. ``bitkit prepare``
+#: builds every one once (cached by settings, like any ``experiments.pretrain`` run), so a
+#: class can run the lessons without waiting for pre-training: a teacher runs it before class.
+#: Each entry: ``experiments.pretrain`` arguments plus ``lessons``, the lessons that use it.
+SHARED_UPSTREAMS: list[dict[str, Any]] = [
+    dict(model="R14x0.25", upstream="world-upstream", size=50_000, steps=600, batch_size=128,
+         seed=0, lessons=["00", "01", "03", "04", "05", "06", "07", "08", "09"]),
+]
+
+
+def prepare(*, only: str | None = None, progress: bool = True) -> list[dict[str, Any]]:
+    """Build every model of :data:`SHARED_UPSTREAMS` that is not cached yet (``only``: those a
+    lesson, e.g. ``"02"``, uses). Returns one row per model: its settings, whether it was
+    built now or found in the cache, and the seconds it took."""
+    import time
+
+    from bitkit import experiments
+
+    rows = []
+    only = None if only is None else str(only).zfill(2)
+    wanted = [u for u in SHARED_UPSTREAMS if only is None or only in u["lessons"]]
+    if only is not None and not wanted:
+        known = sorted({n for u in SHARED_UPSTREAMS for n in u["lessons"]})
+        raise ValueError(f"no shared upstream model is used by lesson {only!r}; lessons with "
+                         f"shared models: {', '.join(known)}")
+    for i, spec in enumerate(wanted, 1):
+        settings = {k: v for k, v in spec.items() if k != "lessons"}
+        cached = experiments.is_pretrained(**settings)
+        line = describe_upstream(**settings)
+        print(f"[{i}/{len(wanted)}] {'cached' if cached else 'building'}: {line} "
+              f"(lessons {', '.join(spec['lessons'])})", flush=True)
+        started = time.perf_counter()
+        experiments.pretrain(**settings, progress=progress)
+        rows.append({**spec, "cached": cached, "seconds": time.perf_counter() - started})
+    return rows
+
+
+def prepare_command(args: Any) -> int:
+    """``bitkit prepare [--lesson NN] [--list]``: build the lessons' shared upstream models."""
+    from bitkit import experiments
+
+    if args.list:
+        for spec in SHARED_UPSTREAMS:
+            settings = {k: v for k, v in spec.items() if k != "lessons"}
+            state = "cached" if experiments.is_pretrained(**settings) else "not built"
+            print(f"{state:>9}  lessons {', '.join(spec['lessons'])}: "
+                  f"{describe_upstream(**settings)}")
+        return 0
+    rows = prepare(only=args.lesson, progress=not args.quiet)
+    built = [r for r in rows if not r["cached"]]
+    print(f"{len(rows)} shared upstream model(s) ready ({len(built)} built now in "
+          f"{sum(r['seconds'] for r in built) / 60:.1f} min); cache: "
+          f"{os.environ.get('BITKIT_CACHE') or '~/.cache/bitkit'}")
+    return 0
+
+
+# --------------------------------------------------------------------------------------------
+# Self-checks
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Question:
+    """A multiple-choice question of a lesson's self-check (shown by ``widgets.SelfCheck``).
+
+    The answer can come from the learner's own run (``answer="yes" if gain > 0 else "no"``), so
+    the check asks what *this* run showed, not what a textbook says it should; ``why`` is the
+    explanation shown once the learner has answered, with the run's numbers in it.
+    """
+
+    text: str
+    choices: tuple[str, ...]
+    answer: str
+    why: str = ""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "choices", tuple(str(c) for c in self.choices))
+        if len(self.choices) < 2 or len(set(self.choices)) != len(self.choices):
+            raise ValueError(f"Question {self.text!r}: give at least two different choices, "
+                             f"got {list(self.choices)}")
+        if self.answer not in self.choices:
+            raise ValueError(f"Question {self.text!r}: the answer {self.answer!r} is not one of "
+                             f"the choices {list(self.choices)}")
+
+    def is_right(self, choice: str) -> bool:
+        """Whether ``choice`` is the answer; a choice the question does not offer is an error."""
+        if choice not in self.choices:
+            raise ValueError(f"{choice!r} is not a choice of {self.text!r}; choose one of "
+                             f"{list(self.choices)}")
+        return choice == self.answer
+
+
+def answer_key(questions: Sequence[Question]) -> list[dict[str, Any]]:
+    """A self-check's questions and answers for ``metrics.json`` (tests check the answers
+    against the run's numbers; a teacher collects them with the rest)."""
+    return [{"question": q.text, "choices": list(q.choices), "answer": q.answer}
+            for q in questions]
 
 
 # --------------------------------------------------------------------------------------------

@@ -17,6 +17,11 @@ names that no run wrote (e.g. ``--out`` naming the notebook's own folder).
 A failing cell makes the command exit non-zero, printing the cell's source and its error; the
 executed copy and HTML are still written, so the failure can be read in context.
 
+``--solutions`` also runs the lesson's worked solutions (``solutions/<notebook>.md`` beside it):
+every ```` ```python ```` block becomes a cell after the lesson's own, in the same kernel, so a
+solution uses the names the lesson defined and runs at the lesson's parameters. The test suite
+runs every lesson this way: a solution that no longer runs fails there.
+
 ``bitkit sweep NOTEBOOK`` fans one notebook out over a parameter grid (``-g name v1,v2,...``) or
 over trials of the supplementary-A random search (``--search N``, each trial's numbers passed as
 notebook parameters), runs them one after another and prints a table of every run's metrics.
@@ -33,6 +38,7 @@ import itertools
 import json
 import logging
 import os
+import re
 import shlex
 import sys
 import time
@@ -294,13 +300,61 @@ def export_html(notebook: str | os.PathLike, html: str | os.PathLike) -> Path:
     return html
 
 
+SOLUTIONS_DIR = "solutions"
+SOLUTION_TAG = "solution"
+_FENCE = re.compile(r"^```python[ \t]*\n(.*?)^```[ \t]*$", re.DOTALL | re.MULTILINE)
+
+
+def solutions_file(notebook: str | os.PathLike) -> Path:
+    """Where a lesson's worked solutions live: ``solutions/<name>.md`` next to the notebook."""
+    path = Path(notebook)
+    return path.parent / SOLUTIONS_DIR / f"{path.stem}.md"
+
+
+def solution_cells(notebook: str | os.PathLike) -> list[Any]:
+    """A lesson's worked solutions as notebook cells, in the order of the file: its prose (and
+    any non-Python block, e.g. a ``bitkit sweep`` line for a terminal) as markdown cells, every
+    ```` ```python ```` block as a code cell tagged ``solution``."""
+    from nbformat.v4 import new_code_cell, new_markdown_cell
+
+    path = solutions_file(notebook)
+    if not path.is_file():
+        raise FileNotFoundError(f"{Path(notebook).name} has no worked solutions to run: "
+                                f"expected {path} (or run without --solutions)")
+    text = path.read_text(encoding="utf-8")
+    cells = [new_markdown_cell(f"---\n*Worked solutions, appended from `{SOLUTIONS_DIR}/"
+                               f"{path.name}` by `bitkit run --solutions`.*")]
+    at = 0
+    for block in _FENCE.finditer(text):
+        if text[at:block.start()].strip():
+            cells.append(new_markdown_cell(text[at:block.start()].strip()))
+        code = new_code_cell(block[1].rstrip())
+        code.metadata["tags"] = [SOLUTION_TAG]
+        cells.append(code)
+        at = block.end()
+    if text[at:].strip():
+        cells.append(new_markdown_cell(text[at:].strip()))
+    if not any(c.cell_type == "code" for c in cells):
+        raise ValueError(f"{path} has no ```python block: nothing of it can run")
+    return cells
+
+
+def with_solutions(notebook: str | os.PathLike, folder: str | os.PathLike) -> Path:
+    """A copy of ``notebook`` in ``folder`` with its worked solutions appended (same name)."""
+    import nbformat
+
+    nb = nbformat.read(str(notebook), as_version=4)
+    nb.cells.extend(solution_cells(notebook))
+    out = Path(folder) / Path(notebook).name
+    nbformat.write(nb, str(out))
+    return out
+
+
 def _failure(nb_path: Path, out_dir: Path, exc: Exception) -> NotebookFailed:
     from papermill.exceptions import PapermillExecutionError
 
     if isinstance(exc, PapermillExecutionError):
         tb = "\n".join(exc.traceback[-6:]) if exc.traceback else ""
-        import re
-
         tb = re.sub(r"\x1b\[[0-9;]*m", "", tb)  # ANSI colours of IPython tracebacks
         return NotebookFailed(nb_path, exc.cell_index, exc.source,
                               f"{exc.ename}: {exc.evalue}\n{tb}".rstrip(), out_dir)
@@ -320,6 +374,7 @@ def run_notebook(
     html: bool = True,
     env: Mapping[str, str] | None = None,
     tensorboard: str | os.PathLike | None = None,
+    solutions: bool = False,
 ) -> RunResult:
     """Execute ``notebook`` with ``parameters`` into ``out_dir`` (default ``runs/<name>``).
 
@@ -327,8 +382,11 @@ def run_notebook(
     writes (``metrics.json``, checkpoints, built datasets) lands next to the executed copy.
     Raises :class:`NotebookFailed` when a cell fails (after writing the executed copy and HTML).
     ``tensorboard``: a folder where every training run of the notebook also writes TensorBoard
-    event files (``bitkit.train.TENSORBOARD_ENV``).
+    event files (``bitkit.train.TENSORBOARD_ENV``). ``solutions``: run the lesson's worked
+    solutions after its own cells (:func:`solution_cells`).
     """
+    import tempfile
+
     import papermill
 
     from bitkit.fileio import clear_written, record_written
@@ -354,8 +412,10 @@ def run_notebook(
     saved = {k: os.environ.get(k) for k in (RUN_DIR_ENV, QUIET_ENV, *env)}
     os.environ.update({RUN_DIR_ENV: str(out), QUIET_ENV: "0" if progress else "1", **env})
     started = time.perf_counter()
+    scratch = tempfile.TemporaryDirectory(prefix="bitkit-run-")
+    source = with_solutions(nb_path, scratch.name) if solutions else nb_path
     try:
-        papermill.execute_notebook(str(nb_path), str(executed), parameters=params,
+        papermill.execute_notebook(str(source), str(executed), parameters=params,
                                    kernel_name=kernel, cwd=str(out), log_output=log_output,
                                    progress_bar=progress, execution_timeout=cell_timeout)
     except Exception as e:  # noqa: BLE001 - any failure is reported with its cell
@@ -366,6 +426,7 @@ def run_notebook(
                 export_html(executed, out / nb_path.with_suffix(".html").name)
         raise failure from e
     finally:
+        scratch.cleanup()
         for k, v in saved.items():
             if v is None:
                 os.environ.pop(k, None)
@@ -387,8 +448,6 @@ def _html_name(notebook: Path) -> str:
 def _run_before_records(out: Path) -> list[str]:
     """The outputs of a run from before ``.bitkit-written.json``, known by the header
     :func:`_write_parameters` gives ``parameters.yaml`` (which also names the notebook)."""
-    import re
-
     try:
         with open(out / PARAMETERS, encoding="utf-8") as f:
             first = f.readline().rstrip("\n")
@@ -590,7 +649,7 @@ def run_command(args: argparse.Namespace) -> int:
         result = run_notebook(args.notebook, _pairs(args.parameter), args.out,
                               params_file=args.parameters_file, kernel=args.kernel,
                               cell_timeout=args.cell_timeout, log_output=not args.quiet,
-                              tensorboard=args.tensorboard)
+                              tensorboard=args.tensorboard, solutions=args.solutions)
     except NotebookFailed as e:
         print(f"bitkit run: {e}", file=sys.stderr)
         return 1

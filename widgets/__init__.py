@@ -11,7 +11,8 @@ from widgets.error_browser import ErrorBrowser
 from widgets.fewshot_explorer import FewShotExplorer
 from widgets.hyperrule_panel import HyperRulePanel
 from widgets.ooc_builder import OOCBuilder
+from widgets.self_check import SelfCheck
 from widgets.training_monitor import TrainingMonitor
 
 __all__ = ["DuplicateInspector", "ErrorBrowser", "FewShotExplorer", "HyperRulePanel", "OOCBuilder",
-           "TrainingMonitor"]
+           "SelfCheck", "TrainingMonitor"]
