@@ -257,30 +257,77 @@ def check_kernel(kernel: str = KERNEL) -> None:
 
 
 WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
+PLOTLY_MIME = "application/vnd.plotly.v1+json"
+#: A panel's static view wraps each of its plotly figures in these markers, with the figure's
+#: JSON in an inert ``<script type="application/vnd.plotly.v1+json">`` (``widgets._common``).
+FIGURE_START, FIGURE_END = "<!-- bitkit-figure -->", "<!-- /bitkit-figure -->"
+_FIGURE = re.compile(re.escape(FIGURE_START) + r'<script type="application/vnd\.plotly\.v1\+json">'
+                     r"(.*?)</script>(.*?)" + re.escape(FIGURE_END), re.DOTALL)
+
+
+def _figure_outputs(output: dict[str, Any]) -> list[dict[str, Any]]:
+    """A static panel view as outputs that draw without trust or kernel: its HTML (tables,
+    thumbnails) without the figures, then each figure as plotly's own output (the mimetype
+    JupyterLab draws even in an untrusted notebook, plus the HTML fragment nbconvert exports)."""
+    import nbformat
+
+    html = output["data"]["text/html"]
+    html = "".join(html) if isinstance(html, list) else html
+    figures = _FIGURE.findall(html)
+    if not figures:
+        return [output]
+    output["data"]["text/html"] = _FIGURE.sub("", html)
+    return [output, *(nbformat.v4.new_output("display_data", data={
+        PLOTLY_MIME: json.loads(spec), "text/html": fragment,  # JSON reads "<\\/" as "</"
+        "text/plain": "<plotly figure of the panel>"}) for spec, fragment in figures)]
+
+
+def static_views(nb: Any) -> Any:
+    """A notebook (nbformat node) as it must reopen without a kernel, changed in place.
+
+    Every widget output keeps only its static rendering (bitkit's panels put one, the panel's
+    state at display time, in the same output: ``widgets._common.Panel``), a panel's figures
+    become plotly outputs of their own (they draw in JupyterLab without JavaScript in the HTML,
+    so also in an untrusted notebook), and the notebook's saved widget state goes (models no
+    kernel will serve again; plotly's FigureWidget alone stores 5 MB of its own JavaScript
+    there). A reopened notebook then shows every panel as tables, thumbnails and figures
+    instead of "Error displaying widget: model not found", and stays small.
+    """
+    for cell in nb.cells:
+        if cell.cell_type != "code":
+            continue
+        outputs = []
+        for output in cell.get("outputs", []):
+            data = output.get("data", {})
+            if WIDGET_VIEW in data and len(data) > 1:
+                del data[WIDGET_VIEW]  # text/html (a panel) or text/plain (any widget) remains
+            outputs.extend(_figure_outputs(output) if "text/html" in data else [output])
+        cell.outputs = outputs
+    nb.metadata.pop("widgets", None)
+    return nb
 
 
 def keep_static_views(notebook: str | os.PathLike) -> Path:
-    """The executed copy as it must reopen: without its kernel, no live widget can come back.
-
-    Every widget output keeps only its static rendering (bitkit's panels put one, the panel's
-    state at display time, in the same output: ``widgets._common.Panel``), and the notebook's
-    saved widget state goes (models no kernel will serve again; plotly's FigureWidget alone
-    stores 5 MB of its own JavaScript there). A reopened copy then shows every panel as
-    tables, thumbnails and figures instead of "Error displaying widget: model not found", and
-    stays small enough for a course repository.
-    """
+    """The executed copy of a headless run as it must reopen: :func:`static_views`."""
     import nbformat
 
     path = Path(notebook)
-    nb = nbformat.read(str(path), as_version=4)
-    for cell in nb.cells:
-        for output in cell.get("outputs", []) if cell.cell_type == "code" else ():
-            data = output.get("data", {})
-            if WIDGET_VIEW in data:
-                del data[WIDGET_VIEW]  # text/html (a panel) or text/plain (any widget) remains
-    nb.metadata.pop("widgets", None)
-    nbformat.write(nb, str(path))
+    nbformat.write(static_views(nbformat.read(str(path), as_version=4)), str(path))
     return path
+
+
+def pre_save_hook(model: dict[str, Any], **_: Any) -> None:
+    """Jupyter's pre-save hook (``FileContentsManager.pre_save_hook``): a notebook saved from
+    JupyterLab is written as :func:`static_views` makes it, so it reopens tomorrow with every
+    panel's last state instead of "model not found", at the size of its static views. The live
+    panels in the open browser tab are untouched; re-running a cell brings a panel back live.
+    ``make install`` (and a pip install, through the package's Jupyter config) enables it for
+    the environment's Jupyter server."""
+    if model.get("type") != "notebook" or not isinstance(model.get("content"), dict):
+        return
+    import nbformat
+
+    model["content"] = static_views(nbformat.from_dict(model["content"]))
 
 
 def export_html(notebook: str | os.PathLike, html: str | os.PathLike) -> Path:

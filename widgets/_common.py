@@ -27,6 +27,8 @@ import plotly.graph_objects as go
 import torch
 from PIL import Image
 
+from bitkit.runs import FIGURE_END, FIGURE_START, PLOTLY_MIME
+
 #: Exceptions a user can cause from the UI (bad numbers, missing files, a wrong dataset): shown
 #: as a message in the panel. Anything else is a bug: shown *and* re-raised.
 USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, KeyError, FileNotFoundError,
@@ -178,13 +180,19 @@ def table(header: Sequence[str], rows: Iterable[Sequence[Any]], *, escape: bool 
 
 
 def figure_html(fig: go.Figure) -> str:
-    """A plotly figure as an HTML fragment for exported notebooks.
+    """A plotly figure inside a panel's static view.
 
-    plotly.js comes from the CDN, so the exported file stays small; the tables next to each
-    figure carry the same numbers for readers without network access.
+    The fragment draws with the plotly.js that the HTML export carries once
+    (``bitkit.runs.export_html``); the figure's JSON rides along in an inert script between
+    markers, so that ``bitkit.runs.static_views`` can give the figure an output of its own in a
+    saved notebook, where JupyterLab draws plotly's mimetype without running any script.
     """
-    return go.Figure(fig).to_html(full_html=False, include_plotlyjs="cdn",
-                                  config={"displaylogo": False})
+    fig = go.Figure(fig)
+    spec = fig.to_json().replace("</", "<\\/")  # JSON's own escape: no early </script>
+    fragment = fig.to_html(full_html=False, include_plotlyjs=False,
+                           config={"displaylogo": False})
+    return (f'{FIGURE_START}<script type="{PLOTLY_MIME}">{spec}</script>{fragment}'
+            f"{FIGURE_END}")
 
 
 def section(title: str, body: str) -> str:
