@@ -317,12 +317,11 @@ def keep_static_views(notebook: str | os.PathLike) -> Path:
 
 
 def pre_save_hook(model: dict[str, Any], **_: Any) -> None:
-    """Jupyter's pre-save hook (``FileContentsManager.pre_save_hook``): a notebook saved from
-    JupyterLab is written as :func:`static_views` makes it, so it reopens tomorrow with every
-    panel's last state instead of "model not found", at the size of its static views. The live
-    panels in the open browser tab are untouched; re-running a cell brings a panel back live.
-    ``make install`` (and a pip install, through the package's Jupyter config) enables it for
-    the environment's Jupyter server."""
+    """A Jupyter pre-save hook: a notebook saved from JupyterLab is written as
+    :func:`static_views` makes it, so it reopens tomorrow with every panel's last state instead
+    of "model not found", at the size of its static views. The live panels in the open browser
+    tab are untouched; re-running a cell brings a panel back live. Installing bitkit registers
+    it with the environment's Jupyter server (``bitkit.jupyter_extension``)."""
     if model.get("type") != "notebook" or not isinstance(model.get("content"), dict):
         return
     import nbformat

@@ -76,11 +76,12 @@ def test_the_licence_is_the_one_pyproject_names():
 
 def test_the_wheel_enables_the_save_hook_for_jupyter(wheel):
     # pip puts <name>.data/data/etc/jupyter/... under the environment's prefix, where Jupyter
-    # reads config: notebooks saved from JupyterLab keep static panel views (bitkit.runs)
+    # finds server extensions to enable: notebooks saved from JupyterLab keep static panel
+    # views (bitkit.jupyter_extension registers bitkit.runs.pre_save_hook)
     import json
 
     with zipfile.ZipFile(wheel) as z:
         (config,) = [n for n in z.namelist()
                      if n.endswith(".data/data/etc/jupyter/jupyter_server_config.d/bitkit.json")]
         assert json.loads(z.read(config)) == {
-            "FileContentsManager": {"pre_save_hook": "bitkit.runs.pre_save_hook"}}
+            "ServerApp": {"jpserver_extensions": {"bitkit.jupyter_extension": True}}}

@@ -75,3 +75,21 @@ def test_a_figure_with_script_text_survives_the_round_trip():
     assert html.count("</script>") == 2  # the JSON cannot end its script early
     (spec, fragment), = runs._FIGURE.findall(html)
     assert json.loads(spec)["data"][0]["x"] == ["</script><b>x</b>"]
+
+
+def test_the_server_extension_registers_the_save_hook(tmp_path):
+    from jupyter_server.serverapp import ServerApp
+
+    app = ServerApp(root_dir=str(tmp_path), jpserver_extensions={"bitkit.jupyter_extension": True})
+    app.initialize(argv=[], find_extensions=False, new_httpserver=False)
+    assert runs.pre_save_hook in app.contents_manager._pre_save_hooks
+    # a save through the server's contents manager writes the static view
+    panel = HyperRulePanel()
+    model = {"type": "notebook", "format": "json", "content": _saved_by_lab(panel)}
+    import asyncio
+
+    asyncio.run(app.contents_manager.save(model, "lesson.ipynb"))
+    saved = nbformat.read(str(tmp_path / "lesson.ipynb"), as_version=4)
+    assert "widgets" not in saved.metadata
+    assert [sorted(o["data"]) for o in saved.cells[0].outputs][1] == [
+        "application/vnd.plotly.v1+json", "text/html", "text/plain"]
