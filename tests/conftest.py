@@ -12,6 +12,7 @@ import io
 import json
 import os
 import tarfile
+from pathlib import Path
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
@@ -28,6 +29,23 @@ torch.set_num_threads(min(2, os.cpu_count() or 1))
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def shared_cache(tmp_path_factory):
+    """One ``BITKIT_CACHE`` for the session: the lessons (run by papermill or in the browser)
+    share the upstream models the first of them pre-trains, as a class does. The kernels
+    inherit the variable. ``BITKIT_TEST_CACHE`` reuses a cache across pytest sessions while
+    working on one lesson; by default (and in CI) every session starts empty."""
+    reuse = os.environ.get("BITKIT_TEST_CACHE")
+    cache = Path(reuse) if reuse else tmp_path_factory.mktemp("bitkit-cache")
+    old = os.environ.get("BITKIT_CACHE")
+    os.environ["BITKIT_CACHE"] = str(cache)
+    yield cache
+    if old is None:
+        os.environ.pop("BITKIT_CACHE", None)
+    else:
+        os.environ["BITKIT_CACHE"] = old
 
 
 @pytest.fixture()

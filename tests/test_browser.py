@@ -1,10 +1,19 @@
-"""The panels in a real browser: JupyterLab on localhost, headless Chromium through Playwright.
+"""The panels and the lessons in a real browser: JupyterLab on localhost, headless Chromium
+through Playwright.
 
 Python-level tests cannot see whether a panel renders in JupyterLab (plotly's FigureWidget
-needs its anywidget front end; ipywidgets needs the lab manager). This test starts JupyterLab
-with a token, opens a notebook with the HyperRule panel and the error browser, runs it, drags
-the dataset-size control across 20,000 and picks a class filter, and checks what the page
-shows. Screenshots go to the test's ``tmp_path``.
+needs its anywidget front end; ipywidgets needs the lab manager), nor whether a saved lesson
+comes back. One JupyterLab with a token serves the module:
+
+- a notebook with the HyperRule panel and the error browser: run it, drag the dataset-size
+  control across 20,000, pick a class filter, check what the page shows;
+- every lesson, with small parameters: run it as a student would (Run All), check that no cell
+  failed and no widget is empty or broken, save it, reopen it with a fresh kernel (a new page
+  load), and check that every figure draws and every panel shows its static view, without
+  "Error displaying widget".
+
+Screenshots are test artefacts: in ``$BITKIT_TEST_ARTIFACTS/browser`` when that is set (CI sets
+it), else in the test's ``tmp_path``.
 
 Playwright drives Debian's ``chromium`` (its own browser download needs the network). Without
 that binary the test skips locally; under CI (``CI`` set) it fails instead, since ``.ci/run``
@@ -28,9 +37,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-pytestmark = [pytest.mark.browser, pytest.mark.timeout(240)]
+pytestmark = [pytest.mark.browser, pytest.mark.timeout(400)]
 
 REPO = Path(__file__).resolve().parents[1]
+NOTEBOOKS = REPO / "notebooks"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 KERNEL = "bitkit"
 
@@ -90,11 +100,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture
-def lab(tmp_path):
-    """JupyterLab on 127.0.0.1:<free port> with a random token; every Jupyter dir in tmp_path."""
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory, shared_cache):
+    """JupyterLab on 127.0.0.1:<free port> with a random token; every Jupyter dir in a temporary
+    folder. Its kernels inherit the session's BITKIT_CACHE (the lessons' shared models)."""
+    tmp_path = tmp_path_factory.mktemp("lab")
     root, jupyter = tmp_path / "root", tmp_path / "jupyter"
     root.mkdir()
+    # Render every cell (no windowing), so the checks see each output in the page.
+    settings = tmp_path / "settings" / "@jupyterlab" / "notebook-extension"
+    settings.mkdir(parents=True)
+    (settings / "tracker.jupyterlab-settings").write_text(json.dumps({"windowingMode": "none"}))
     # The project's kernel: this interpreter, registered where only this server looks.
     subprocess.run([sys.executable, "-m", "ipykernel", "install", "--prefix", str(jupyter),
                     "--name", KERNEL, "--display-name", "bitkit"], check=True,
@@ -136,72 +152,248 @@ def lab(tmp_path):
         log.close()
 
 
-def test_panels_in_jupyterlab(lab, tmp_path):
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    """One headless Chromium for the module (Debian's binary, no network)."""
     from playwright.sync_api import expect, sync_playwright
+
+    # Widgets and figures render in the page after the kernel answers: on two busy cores that
+    # can take longer than Playwright's 5 s default.
+    expect.set_options(timeout=30_000)
+    profile = tmp_path_factory.mktemp("chromium-profile")
+    with sync_playwright() as p:
+        context = p.chromium.launch_persistent_context(
+            str(profile), executable_path=CHROMIUM, headless=True,
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--no-first-run"],
+            viewport={"width": 1400, "height": 1000})
+        try:
+            yield context
+        finally:
+            context.close()
+
+
+@pytest.fixture
+def artefacts(tmp_path):
+    """Where screenshots go: $BITKIT_TEST_ARTIFACTS/browser (kept by CI), else tmp_path."""
+    root = os.environ.get("BITKIT_TEST_ARTIFACTS")
+    folder = Path(root) / "browser" if root else tmp_path
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+KERNEL_IDLE = ("() => { const w = window.jupyterapp.shell.currentWidget;"
+               " return w && w.sessionContext && w.sessionContext.session"
+               " && w.sessionContext.session.kernel"
+               " && w.sessionContext.session.kernel.status === 'idle'; }")
+
+
+def open_notebook(page, url, token, name):
+    # A workspace of its own: JupyterLab would otherwise restore the tabs of the last page, and
+    # the run-all command would go to whichever notebook it made current.
+    page.goto(f"{url}/lab/workspaces/{uuid.uuid4().hex[:8]}/tree/{name}?token={token}&reset")
+    page.wait_for_function("() => window.jupyterapp && window.jupyterapp.shell"
+                           " && document.querySelector('.jp-Notebook')")
+    page.wait_for_function(KERNEL_IDLE)
+
+
+def test_panels_in_jupyterlab(lab, browser, artefacts):
+    from playwright.sync_api import expect
 
     url, token, root = lab
     notebook(root / "panels.ipynb")
     total, class2 = expected_mistakes()
     started = time.monotonic()
-    with sync_playwright() as p:
-        context = p.chromium.launch_persistent_context(
-            str(tmp_path / "chromium-profile"), executable_path=CHROMIUM, headless=True,
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync", "--no-first-run"],
-            viewport={"width": 1400, "height": 1000})
-        try:
-            page = context.pages[0] if context.pages else context.new_page()
-            page.set_default_timeout(60_000)
-            page.goto(f"{url}/lab/tree/panels.ipynb?token={token}")
-            page.wait_for_function("() => window.jupyterapp && window.jupyterapp.shell"
-                                   " && document.querySelector('.jp-Notebook')")
-            # Wait for the kernel, then run every cell.
-            page.wait_for_function(
-                "() => { const w = window.jupyterapp.shell.currentWidget;"
-                " return w && w.sessionContext && w.sessionContext.session"
-                " && w.sessionContext.session.kernel"
-                " && w.sessionContext.session.kernel.status === 'idle'; }")
-            page.evaluate("() => window.jupyterapp.commands.execute('notebook:run-all-cells')")
-            news = page.get_by_role("button", name="No", exact=True)  # the "Jupyter news?" toast
+    page = browser.new_page()
+    try:
+        page.set_default_timeout(60_000)
+        open_notebook(page, url, token, "panels.ipynb")
+        page.evaluate("() => window.jupyterapp.commands.execute('notebook:run-all-cells')")
+        news = page.get_by_role("button", name="No", exact=True)  # the "Jupyter news?" toast
 
-            # --- HyperRule: drag the dataset size across 20,000 --------------------------------
-            schedule = page.locator(".bitkit-schedule").first
-            expect(schedule).to_contain_text("small task: 500 steps")
-            title = page.locator(".jp-OutputArea .js-plotly-plot .gtitle").first
-            expect(title).to_contain_text("500 steps")  # the FigureWidget rendered
-            handle = page.locator(".jp-OutputArea .widget-hslider .noUi-handle").first
-            handle.focus()
-            for _ in range(40):  # one key press = one step of the log slider (x 1.023)
-                page.keyboard.press("ArrowRight")
-                if "medium" in schedule.inner_text():
-                    break
-            expect(schedule).to_contain_text("medium task: 10,000 steps")
-            expect(title).to_contain_text("10,000 steps")
-            size_box = page.locator(".jp-OutputArea .widget-inline-hbox input[type=number]").first
-            assert int(size_box.input_value()) >= 20_000
-            if news.count():
-                news.first.click()
-            page.screenshot(path=str(tmp_path / "hyperrule.png"), full_page=False)
+        # --- HyperRule: drag the dataset size across 20,000 --------------------------------
+        schedule = page.locator(".bitkit-schedule").first
+        expect(schedule).to_contain_text("small task: 500 steps")
+        title = page.locator(".jp-OutputArea .js-plotly-plot .gtitle").first
+        expect(title).to_contain_text("500 steps")  # the FigureWidget rendered
+        handle = page.locator(".jp-OutputArea .widget-hslider .noUi-handle").first
+        handle.focus()
+        for _ in range(40):  # one key press = one step of the log slider (x 1.023)
+            page.keyboard.press("ArrowRight")
+            if "medium" in schedule.inner_text():
+                break
+        expect(schedule).to_contain_text("medium task: 10,000 steps")
+        expect(title).to_contain_text("10,000 steps")
+        size_box = page.locator(".jp-OutputArea .widget-inline-hbox input[type=number]").first
+        assert int(size_box.input_value()) >= 20_000
+        if news.count():
+            news.first.click()
+        page.screenshot(path=str(artefacts / "hyperrule.png"), full_page=False)
 
-            # --- ErrorBrowser: filter by true class --------------------------------------------
-            pages = page.get_by_text(re.compile(r"mistakes 1–\d+ of \d+"))
-            expect(pages).to_contain_text(f"of {total} (page 1/")
-            # No widget message was dropped (e.g. a NaN in a figure cannot be sent as JSON).
-            outputs = page.locator(".jp-OutputArea-output")
-            expect(outputs.filter(has_text="Message serialization failed")).to_have_count(0)
-            true_select = page.locator(".jp-OutputArea .widget-dropdown select").filter(
-                has=page.locator("option", has_text="class2")).first
-            true_select.select_option(label="class2")
-            expect(pages).to_contain_text(f"of {class2} (page 1/")
-            heat = page.locator(".jp-OutputArea .js-plotly-plot .gtitle",
-                                has_text="Confusion of mistakes")
-            expect(heat).to_have_count(1)
-            page.locator(".jp-OutputArea .js-plotly-plot").filter(
-                has_text="Confusion of mistakes").screenshot(path=str(tmp_path / "confusion.png"))
-            pages.scroll_into_view_if_needed()
-            page.screenshot(path=str(tmp_path / "error_browser.png"), full_page=False)
-        finally:
-            context.close()
+        # --- ErrorBrowser: filter by true class --------------------------------------------
+        pages = page.get_by_text(re.compile(r"mistakes 1–\d+ of \d+"))
+        expect(pages).to_contain_text(f"of {total} (page 1/")
+        # No widget message was dropped (e.g. a NaN in a figure cannot be sent as JSON).
+        outputs = page.locator(".jp-OutputArea-output")
+        expect(outputs.filter(has_text="Message serialization failed")).to_have_count(0)
+        true_select = page.locator(".jp-OutputArea .widget-dropdown select").filter(
+            has=page.locator("option", has_text="class2")).first
+        true_select.select_option(label="class2")
+        expect(pages).to_contain_text(f"of {class2} (page 1/")
+        heat = page.locator(".jp-OutputArea .js-plotly-plot .gtitle",
+                            has_text="Confusion of mistakes")
+        expect(heat).to_have_count(1)
+        page.locator(".jp-OutputArea .js-plotly-plot").filter(
+            has_text="Confusion of mistakes").screenshot(path=str(artefacts / "confusion.png"))
+        pages.scroll_into_view_if_needed()
+        page.screenshot(path=str(artefacts / "error_browser.png"), full_page=False)
+    finally:
+        page.close()
     elapsed = time.monotonic() - started
-    assert (tmp_path / "hyperrule.png").stat().st_size > 10_000
+    assert (artefacts / "hyperrule.png").stat().st_size > 10_000
     assert elapsed < 180, f"the browser part took {elapsed:.0f} s"
+
+
+# --------------------------------------------------------------------------------------------
+# Every lesson: run, save, reopen with a fresh kernel
+# --------------------------------------------------------------------------------------------
+
+# Small parameters per lesson (the lessons' own tests use the same sizes): enough for every
+# cell, figure and panel to appear, in seconds. Lessons that pre-train use the session's shared
+# model (tests/conftest.py shared_cache), the one the quickstart builds.
+UPSTREAM = dict(upstream_size=50_000, upstream_steps=600, upstream_batch=128)
+LESSON_PARAMETERS: dict[str, dict] = {
+    "00_quickstart": dict(**UPSTREAM, train_size=300, steps=20, test_size=200),
+    "01_architecture": dict(train_size=200, test_size=200, steps=10, batch_size=16, micro_batch=4),
+    "02_pretraining": dict(models=["R14x0.25"], upstream_sizes=[256, 512], upstream_steps=5,
+                           upstream_batch=16, longer=2, shots=[1, 5], seeds=[0, 1],
+                           pool_size=200, test_size=100, val_size=100),
+    "03_transfer": dict(**UPSTREAM, tasks=["world-objects", "digits"], train_size=200, steps=20,
+                        test_size=200),
+    "04_few_shot": dict(**UPSTREAM, shots=[1, 5], seeds=[0, 1], finetune_shots=[1],
+                        finetune_seeds=[0], finetune_steps=10, test_size=200),
+    "05_vtab": dict(**UPSTREAM, tasks=["world-objects"], trials=2, steps_scale=0.001,
+                    resolution_scale=0.0625, rule_own_schedule=False, batch_size=16,
+                    test_size=100),
+    "06_error_browser": dict(**UPSTREAM, train_size=200, steps=20, test_size=200),
+    "07_duplicates": dict(**UPSTREAM, search_size=2000, train_size=200, steps=20,
+                          tasks=["world-objects"]),
+    "08_out_of_context": dict(upstream_steps=600, upstream_batch=128, upstream_sizes=[50_000],
+                              n_objects=12, iid_size=300),
+    "09_released_bit": dict(upstream_size=2048, upstream_steps=60, upstream_batch=32,
+                            task="digits", train_size=200, test_size=100, steps=20,
+                            batch_size=32),
+}
+
+# The notebook model in the page: each cell's execution count and any error output.
+CELL_STATE = """() => {
+  const w = window.jupyterapp.shell.currentWidget;
+  const cells = w.content.model.cells, state = {pending: 0, errors: [], code: 0};
+  for (let i = 0; i < cells.length; i++) {
+    const c = cells.get(i);
+    if (c.type !== 'code') continue;
+    state.code += 1;
+    if (c.executionCount === null) state.pending += 1;
+    for (let j = 0; j < c.outputs.length; j++) {
+      const o = c.outputs.get(j).toJSON();
+      if (o.output_type === 'error') state.errors.push(`cell ${i}: ${o.ename}: ${o.evalue}`);
+    }
+  }
+  const k = w.sessionContext.session && w.sessionContext.session.kernel;
+  state.idle = !!k && k.status === 'idle';
+  state.dirty = w.context.model.dirty;
+  return state;
+}"""
+
+# Widget outputs that rendered nothing, and plotly outputs without a drawn plot.
+EMPTY_OUTPUTS = """() => {
+  const outputs = [...document.querySelectorAll('.jp-OutputArea-output')];
+  // ipywidgets renders a widget output as a Lumino panel (a finished, hidden tqdm bar too)
+  const widgets = outputs.filter(e => e.classList.contains('lm-Panel')
+    && !e.classList.contains('lm-mod-hidden'));
+  const plots = outputs.filter(e => e.classList.contains('jp-RenderedPlotly'));
+  return {widgets: widgets.length, plots: plots.length,
+          emptyWidgets: widgets.filter(e => e.getBoundingClientRect().height < 4).length,
+          // drawn by plotly.js, or as the PNG snapshot JupyterLab's plotly renderer saves
+          undrawnPlots: plots.filter(e => !e.querySelector('.main-svg, img')).length};
+}"""
+
+
+def _lessons():
+    return sorted(p.stem for p in NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"))
+
+
+def test_every_lesson_has_browser_parameters():
+    assert sorted(LESSON_PARAMETERS) == _lessons()
+
+
+def _check_page(page, where, screenshot):
+    from playwright.sync_api import expect
+
+    broken = page.locator(".jp-OutputArea-output", has_text="Error displaying widget")
+    expect(broken).to_have_count(0)
+    page.wait_for_function(f"() => ({EMPTY_OUTPUTS})().undrawnPlots === 0", timeout=60_000)
+    found = page.evaluate(EMPTY_OUTPUTS)
+    assert found["emptyWidgets"] == 0, (where, found)
+    # The notebook scrolls inside the page: a viewport as tall as the notebook shows it whole.
+    height = page.evaluate("() => Math.max(...[...document.querySelectorAll("
+                           "'.jp-WindowedPanel-outer, .jp-Notebook')].map(e => e.scrollHeight))")
+    page.set_viewport_size({"width": 1400, "height": min(height + 200, 15_000)})
+    page.screenshot(path=str(screenshot))
+    page.set_viewport_size({"width": 1400, "height": 1000})
+    return found
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", _lessons())
+def test_lesson_runs_saves_and_reopens_in_jupyterlab(lab, browser, artefacts, name):
+    import nbformat
+    import papermill
+
+    url, token, root = lab
+    # The lesson with small parameters injected, as papermill would, but not executed: the
+    # browser runs it.
+    papermill.execute_notebook(str(NOTEBOOKS / f"{name}.ipynb"), str(root / f"{name}.ipynb"),
+                               parameters=LESSON_PARAMETERS[name], prepare_only=True,
+                               kernel_name=KERNEL, progress_bar=False)
+    page = browser.new_page()
+    page.set_default_timeout(60_000)
+    try:
+        open_notebook(page, url, token, f"{name}.ipynb")
+        page.evaluate("() => window.jupyterapp.commands.execute('notebook:run-all-cells')")
+        deadline = time.monotonic() + 300
+        while True:
+            state = page.evaluate(CELL_STATE)
+            assert not state["errors"], f"{name}: {state['errors']}"
+            if state["pending"] == 0 and state["idle"]:
+                break
+            assert time.monotonic() < deadline, f"{name} did not finish: {state}"
+            time.sleep(1)
+        live = _check_page(page, f"{name} after running", artefacts / f"{name}-run.png")
+        page.evaluate("() => window.jupyterapp.commands.execute('docmanager:save')")
+        page.wait_for_function(f"() => !({CELL_STATE})().dirty")
+        page.evaluate("() => window.jupyterapp.shell.currentWidget.sessionContext.shutdown()")
+    finally:
+        page.close()
+
+    # What the save wrote (bitkit.runs.pre_save_hook): static views, no dead widget state.
+    saved = nbformat.read(str(root / f"{name}.ipynb"), as_version=4)
+    outputs = [o for c in saved.cells if c.cell_type == "code" for o in c.outputs]
+    assert "widgets" not in saved.metadata
+    assert not [o for o in outputs if "application/vnd.jupyter.widget-view+json" in
+                o.get("data", {})]
+    assert (root / f"{name}.ipynb").stat().st_size < 1_500_000
+    plots = [o for o in outputs if "application/vnd.plotly.v1+json" in o.get("data", {})]
+
+    # Reopened with a fresh kernel: every figure draws, every panel shows its static view.
+    page = browser.new_page()
+    page.set_default_timeout(60_000)
+    try:
+        open_notebook(page, url, token, f"{name}.ipynb")
+        state = page.evaluate(CELL_STATE)
+        assert state["pending"] == 0 and not state["errors"]  # the saved run, not a new one
+        again = _check_page(page, f"{name} reopened", artefacts / f"{name}-reopened.png")
+    finally:
+        page.close()
+    assert again["widgets"] == 0  # nothing is left that needs a kernel to draw
+    assert again["plots"] == len(plots) >= live["plots"] >= 1
