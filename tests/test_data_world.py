@@ -222,3 +222,94 @@ def test_upstream_scene_kinds_closeups_and_flocks():
         load("world-upstream", "train", size=10, closeup=0.7, flock=0.5)
     multi = load("world-upstream-multilabel", "train", size=1000)
     assert set(np.unique(multi.scene_kinds(np.arange(300)))) >= {0, 3}
+
+
+# ------------------------------------------------------------------ planted label errors
+
+
+def test_planted_label_errors_match_the_labels_the_dataset_gives():
+    """world-objects-noisy: about 5% of the test labels (the card's rate) replaced by another
+    class; the picture still shows the true class; ground truth from ``label_errors``."""
+    from bitkit.data import SubsetDataset
+    from bitkit.data.world import LabelError, label_errors
+
+    card = get_card("world-objects-noisy")
+    rate = card.source.params["test_label_noise"]
+    assert rate == 0.05 and card.source.params["seed"] == 0
+    truth = label_errors("world-objects-noisy")
+    test = load("world-objects-noisy", "test")
+    assert truth == label_errors(test) == test.label_errors()  # the same, however asked
+    assert len(truth) == 55 and all(isinstance(e, LabelError) for e in truth)  # 5.5% of 1000
+    idx = np.array([e.index for e in truth])
+    assert (np.diff(idx) > 0).all()
+    given = test.labels(np.arange(1000))
+    clean = test.clean_labels(np.arange(1000))
+    assert np.array_equal(np.nonzero(given != clean)[0], idx)  # nothing else differs
+    for e in truth[:6]:
+        image, label = test[e.index]
+        assert e.example_id == test.example_id(e.index) == f"world-objects-noisy:test:{e.index}"
+        assert label == e.given_label == given[e.index] != e.true_label == clean[e.index]
+    # the pictures are drawn from the true labels: the same with or without the noise
+    exact = load("world-objects-noisy", "test", test_label_noise=0.0)
+    a, labels_a = test.render(idx[:8])
+    b, labels_b = exact.render(idx[:8])
+    assert torch.equal(a, b) and np.array_equal(labels_b, clean[idx[:8]])
+    assert exact.label_errors() == [] and np.array_equal(exact.labels(np.arange(1000)), clean)
+    # deterministic from (seed, index): a prefix, a subset and a batch agree; another seed not
+    assert label_errors("world-objects-noisy", test_size=300) == [e for e in truth
+                                                                  if e.index < 300]
+    sub = SubsetDataset(test, idx[::2][::-1])
+    assert label_errors(sub) == truth[::2]
+    assert label_errors("world-objects-noisy", seed=1) != truth
+    # the train split keeps exact labels
+    train = load("world-objects-noisy", "train")
+    assert train.label_errors() == [] and label_errors(train) == []
+
+
+def test_label_error_rate_and_replacements_are_uniform():
+    from bitkit.data.world import label_errors
+
+    n = 20_000
+    truth = label_errors("world-objects-noisy", test_size=n)
+    assert 0.045 < len(truth) / n < 0.055  # 5% +- 3.2 standard errors
+    shift = np.bincount([(e.given_label - e.true_label) % 20 for e in truth], minlength=20)
+    assert shift[0] == 0 and shift[1:].min() > 0.5 * len(truth) / 19  # any other class
+    with pytest.raises(ValueError, match=r"test_label_noise must be in \[0, 0.5\)"):
+        load("world-objects-noisy", "test", test_label_noise=0.6)
+    with pytest.raises(ValueError, match="Did you mean 'test_label_noise'"):
+        load("world-objects", "test", test_label_nosie=0.1)
+
+
+def test_label_errors_where_there_is_no_truth_or_no_noise():
+    from bitkit.data.world import label_errors
+
+    assert label_errors("world-objects") == []  # exact labels: the truth is "none wrong"
+    assert label_errors(load("world-count", "test")) == []
+    assert label_errors(load("digits", "test")) is None  # real data: nobody knows
+    with pytest.raises(ValueError, match="not generated: nobody knows its label errors"):
+        label_errors("cifar10")
+    with pytest.raises(ValueError, match="not a downstream task"):
+        label_errors("world-upstream")
+    with pytest.raises(ValueError, match="a loaded dataset already has its size"):
+        label_errors(load("world-objects-noisy", "test"), test_size=10)
+
+
+def test_tasks_without_label_noise_give_the_data_they_always_gave():
+    """The planted label errors live on their own card: the labels (and pictures) of the tasks
+    other lessons and recorded benchmarks use are bit for bit what world version 5 drew
+    before label noise existed (fingerprints taken before the change)."""
+    import zlib
+
+    before = {"world-objects:train": 590047549, "world-objects:test": 2728025742,
+              "world-fine:train": 1250480723, "world-fine:test": 4008837737,
+              "world-texture:train": 3138255360, "world-texture:test": 4173764295,
+              "world-count:train": 3349858042, "world-count:test": 3486886237,
+              "world-orientation:train": 1189733832, "world-orientation:test": 2059252466,
+              "world-location:train": 4179323099, "world-location:test": 722796343,
+              "world-distance:train": 3643880257, "world-distance:test": 3490158674}
+    for key, crc in before.items():
+        name, split = key.split(":")
+        ds = load(name, split)
+        assert zlib.crc32(ds.labels(np.arange(len(ds))).astype(np.int64).tobytes()) == crc, key
+    images, _ = load("world-objects", "test").render(np.arange(0, 1000, 25))
+    assert zlib.crc32(images.numpy().tobytes()) == 2588435740

@@ -383,6 +383,79 @@ def test_error_browser_clear_errors_for_user_mistakes(tmp_path):
         ErrorBrowser(report, image_list(report)[:3], annotations=None)
 
 
+def planted(report):
+    """Ground truth for small_report: three mistakes whose label is wrong and whose prediction
+    is the true class, one whose label and prediction are both wrong, one planted error the
+    model "gets right" (it predicts the wrong label too), and one example outside the report."""
+    from bitkit.data.world import LabelError
+
+    wrong = np.nonzero(~report.correct(1))[0]
+    right = np.nonzero(report.correct(1))[0]
+    c = report.num_classes
+    rows = [(int(i), int(report.predicted[i])) for i in wrong[:3]]
+    third = next(k for k in range(c) if k not in (report.label[wrong[3]], report.predicted[wrong[3]]))
+    rows += [(int(wrong[3]), third), (int(right[0]), (int(report.label[right[0]]) + 1) % c)]
+    truth = [LabelError(str(report.ids[i]), i, true, int(report.label[i])) for i, true in rows]
+    return truth + [LabelError("test:9999", 9999, 0, 1)], wrong
+
+
+def test_error_browser_scores_the_review_against_planted_label_errors(tmp_path):
+    report = small_report()
+    truth, wrong = planted(report)
+    browser = ErrorBrowser(report, image_list(report), annotations=tmp_path / "r.json",
+                           label_errors=truth)
+    assert browser.review_score() == {
+        "planted": 5, "in_mistakes": 4, "hidden": 1, "reviewed": 0, "found": 0,
+        "remaining": 4, "model_right": 0, "model_right_correct": 0, "false_alarms": 0}
+    assert 'no "model right" verdicts yet; you found <b>0 of the 4</b>' in browser.summary.value
+    ids = [str(report.ids[i]) for i in wrong]
+    browser.annotate(ids[0], "model right")  # right: label wrong, model predicts the truth
+    browser.annotate(ids[1], "model right")  # right
+    browser.annotate(ids[2], "label right")  # missed: the label is a planted error
+    browser.annotate(ids[3], "model right")  # label wrong (found), but the model is wrong too
+    browser.annotate(ids[4], "both wrong")   # a false alarm: this label is right
+    browser.annotate(ids[5], "label right")  # right, and not a planted error
+    score = browser.review_score()
+    assert score == {"planted": 5, "in_mistakes": 4, "hidden": 1, "reviewed": 4, "found": 3,
+                     "remaining": 1, "model_right": 3, "model_right_correct": 2,
+                     "false_alarms": 1}
+    summary = browser.summary.value
+    assert ("verdicts were right 2 of 3 times" in summary and "found <b>3 of the 4</b>" in summary
+            and "<b>1 remain</b>" in summary and "1 more hides where" in summary
+            and "false alarms: 1" in summary)
+    assert "found <b>3 of the 4</b>" in browser.static_html()  # the executed copy shows it
+    browser.annotate(ids[2], "both wrong")  # the last one found
+    assert browser.review_score()["remaining"] == 0 and browser.review_score()["found"] == 4
+    # the truth is never shown on the cards: it would give the answer away
+    browser.sort.value = "dataset order"
+    assert all("planted" not in card.children[0].value for card in browser.grid.children)
+
+
+def test_error_browser_without_ground_truth_works_as_before():
+    report = small_report()
+    browser = ErrorBrowser(report, image_list(report), annotations=None)
+    browser.annotate(str(report.ids[~report.correct(1)][0]), "model right")
+    assert browser.review_score() is None
+    assert "ground truth" not in browser.summary.value + browser.static_html()
+    exact = ErrorBrowser(report, annotations=None, label_errors=[])  # known: no label is wrong
+    exact.annotate(str(report.ids[~report.correct(1)][0]), "model right")
+    assert exact.review_score()["false_alarms"] == 1 and exact.review_score()["planted"] == 0
+    assert "no label in this test set is wrong" in exact.summary.value
+
+
+def test_error_browser_refuses_ground_truth_of_another_test_set():
+    from bitkit.data.world import LabelError
+
+    report = small_report()
+    label = int(report.label[0])
+    with pytest.raises(ValueError, match="label_errors do not match the report: test:0 has "
+                                         f"label {label}"):
+        ErrorBrowser(report, annotations=None,
+                     label_errors=[LabelError("test:0", 0, label, (label + 1) % 6)])
+    with pytest.raises(TypeError, match="LabelError items"):
+        ErrorBrowser(report, annotations=None, label_errors=[("test:0", 0, 1)])
+
+
 # ---------------------------------------------------------------------------------- duplicates
 
 

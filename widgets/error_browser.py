@@ -7,12 +7,19 @@ This panel lets a student do that review on their own model: a grid of mistakes 
 prediction vs label, top-5 bars), filters by true or predicted class, a confusion heatmap whose
 cells filter the grid when clicked, and one of four verdicts per mistake, saved to a JSON file
 and loaded again the next time the panel opens on it.
+
+On a test set with planted label errors (``bitkit.data.world.label_errors``, e.g.
+``world-objects-noisy``) the panel also scores the review against the ground truth: how many
+"model right" verdicts were right, how many planted label errors were found and how many
+remain (:meth:`ErrorBrowser.review_score`). Real data has no such truth; the panel then only
+counts verdicts. The cards never show which labels are planted: that would give the answer away.
 """
 
 from __future__ import annotations
 
 import html
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +75,31 @@ def _check_report(report: Report) -> None:
             "dataset with class_names")
 
 
+def _truth_by_id(report: Report, label_errors: Sequence[Any] | None) -> dict[str, Any] | None:
+    """The planted label errors among the report's examples, by example id; checks that each
+    one's ``given_label`` is the label the report scored against (the same test set)."""
+    if label_errors is None:
+        return None
+    position = {str(i): k for k, i in enumerate(report.ids)}
+    truth = {}
+    for e in label_errors:
+        missing = [a for a in ("example_id", "true_label", "given_label") if not hasattr(e, a)]
+        if missing:
+            raise TypeError(f"label_errors takes bitkit.data.world.LabelError items (from "
+                            f"label_errors(test_set)); got {type(e).__name__} without "
+                            f"{', '.join(missing)}")
+        k = position.get(str(e.example_id))
+        if k is None:
+            continue  # an example this report did not score (a smaller test_size)
+        if int(report.label[k]) != int(e.given_label):
+            raise ValueError(
+                f"label_errors do not match the report: {e.example_id} has label "
+                f"{int(report.label[k])} in the report but given_label {e.given_label} in the "
+                "ground truth; pass the label errors of the test set predict() ran on")
+        truth[str(e.example_id)] = e
+    return truth
+
+
 def _check_images(report: Report, images: Any) -> None:
     if images is None:
         return
@@ -90,16 +122,21 @@ class ErrorBrowser(Panel):
     ``images``: the dataset ``predict`` ran on (same order), to show each mistake's picture.
     ``annotations``: the JSON file the verdicts are saved to after every click and read from
     when the panel opens (``None``: keep them in memory only).
+    ``label_errors``: the ground truth of planted label errors
+    (``bitkit.data.world.label_errors(test_set)``); ``None`` (real data): no truth to score
+    the review against. ``[]`` means the labels are known to be exact.
     """
 
     title = "mistakes"
 
     def __init__(self, report: Report, images: Any = None, *,
                  annotations: str | Path | None = "mistakes_review.json", page_size: int = 12,
-                 max_heatmap_classes: int = 30, thumb: int = 96) -> None:
+                 max_heatmap_classes: int = 30, thumb: int = 96,
+                 label_errors: Sequence[Any] | None = None) -> None:
         super().__init__()
         _check_report(report)
         _check_images(report, images)
+        self.truth = _truth_by_id(report, label_errors)
         if page_size < 1:
             raise ValueError(f"page_size must be >= 1, got {page_size}")
         self.report, self.images, self.page_size, self.thumb = report, images, page_size, thumb
@@ -361,6 +398,57 @@ class ErrorBrowser(Panel):
         counts = Counter(v for k, v in self.labels.items() if k in mistakes)
         return {v: counts.get(v, 0) for v in VERDICTS}
 
+    def review_score(self) -> dict[str, int] | None:
+        """The review scored against the planted label errors; ``None`` without ground truth.
+
+        ``planted``: label errors among the report's examples; ``in_mistakes``: those the
+        browser lists (the prediction differs from the given label); ``hidden``: the others
+        (the model predicts the wrong label too: no review of the mistakes can find them);
+        ``reviewed``: planted errors among the mistakes with any verdict; ``found``: marked
+        "model right" or "both wrong" (the label is wrong); ``remaining``: ``in_mistakes -
+        found``; ``model_right``: "model right" verdicts; ``model_right_correct``: those where
+        the label is a planted error and the model predicts the true class; ``false_alarms``:
+        "model right" or "both wrong" verdicts on labels that are not planted errors."""
+        if self.truth is None:
+            return None
+        r = self.report
+        mistakes = set(r.ids[~r.correct(1)].astype(str))
+        predicted = dict(zip(r.ids.astype(str), r.predicted.tolist(), strict=True))
+        wrong_label = ("model right", "both wrong")
+        verdicts = {k: v for k, v in self.labels.items() if k in mistakes}
+        planted_mistakes = [k for k in self.truth if k in mistakes]
+        found = sum(verdicts.get(k) in wrong_label for k in planted_mistakes)
+        model_right = [k for k, v in verdicts.items() if v == "model right"]
+        return {
+            "planted": len(self.truth), "in_mistakes": len(planted_mistakes),
+            "hidden": len(self.truth) - len(planted_mistakes),
+            "reviewed": sum(k in verdicts for k in planted_mistakes),
+            "found": found, "remaining": len(planted_mistakes) - found,
+            "model_right": len(model_right),
+            "model_right_correct": sum(k in self.truth and predicted[k] ==
+                                       self.truth[k].true_label for k in model_right),
+            "false_alarms": sum(v in wrong_label and k not in self.truth
+                                for k, v in verdicts.items()),
+        }
+
+    def _score_html(self) -> str:
+        s = self.review_score()
+        if s is None:
+            return ""
+        if not s["planted"]:
+            return ("ground truth: no label in this test set is wrong, so every \"model right\" "
+                    f"or \"both wrong\" verdict is a false alarm ({s['false_alarms']} so far)")
+        hidden = (f"; {s['hidden']} more {'hides' if s['hidden'] == 1 else 'hide'} where the "
+                  "model predicts the wrong label too "
+                  "(not mistakes, so no review of the mistakes finds them)" if s["hidden"] else "")
+        verdicts = (f"your \"model right\" verdicts were right {s['model_right_correct']} of "
+                    f"{s['model_right']} times (label planted wrong, model predicts the true "
+                    "class)" if s["model_right"] else "no \"model right\" verdicts yet")
+        return (f"<b>ground truth</b> ({s['planted']} planted label errors): {verdicts}; you found "
+                f"<b>{s['found']} of the {s['in_mistakes']}</b> planted label errors among the "
+                f"mistakes (marked \"model right\" or \"both wrong\"), <b>{s['remaining']} "
+                f"remain</b>{hidden}; false alarms: {s['false_alarms']}")
+
     def _summary_html(self) -> str:
         r = self.report
         n_mistakes = int((~r.correct(1)).sum())
@@ -381,6 +469,9 @@ class ErrorBrowser(Panel):
                 f"{right} of {reviewed} reviewed mistakes; {not_label} of {reviewed} are ambiguity "
                 f"or label noise{rates} (paper, supplementary C: about half on "
                 "CIFAR-10; the label was clearly right for only 19.21% of ILSVRC-2012 mistakes)")
+        score = self._score_html()
+        if score:
+            parts.append(score)
         where = f" · saved to {html.escape(str(self.path))}" if self.path else " · not saved"
         return f'<div style="font-size:13px">{"<br>".join(parts)}{where}</div>'
 

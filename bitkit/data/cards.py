@@ -45,7 +45,7 @@ CARD_DIR = _card_dir()
 GROUPS = (
     "upstream", "standard", "benchmark", "vtab-natural", "vtab-specialized", "vtab-structured",
     "embedded-upstream", "embedded-natural", "embedded-specialized", "embedded-structured",
-    "embedded-objects", "real-small", "samples",
+    "embedded-objects", "embedded-label-noise", "real-small", "samples",
 )
 SOURCE_KINDS = ("hub", "local", "embedded", "sklearn", "unavailable", "collection", "bundled")
 SPLIT_ROLES = ("train", "val", "test")

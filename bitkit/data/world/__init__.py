@@ -2,7 +2,7 @@
 
 ``bitkit.data.load("world-upstream", "train", size=1_000_000)`` and friends build these; the
 cards in ``data_cards/world-*.yaml`` describe each one. See ``upstream``, ``downstream``,
-``duplicates`` and ``objects`` for the design.
+``duplicates``, ``noise`` (planted test label errors) and ``objects`` for the design.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from __future__ import annotations
 from bitkit.data.world import downstream  # noqa: F401
 from bitkit.data.world.common import WorldDataset
 from bitkit.data.world.duplicates import DuplicatePair, duplicate_of, pairs
+from bitkit.data.world.noise import LabelError, label_errors
 from bitkit.data.world.objects import Background, ForegroundObjects, backgrounds
 from bitkit.data.world.registry import GENERATORS, build
 from bitkit.data.world.upstream import UpstreamWorld
@@ -22,8 +23,11 @@ from bitkit.data.world.upstream import UpstreamWorld
 #: 3: ``world-fine`` classes are look-alike upstream shapes, not stars with 4-7 points.
 #: 4: multi-label upstream images hold 1.26 labelled objects on average (JFT's), not 2.0.
 #: 5: near-duplicates planted in world-fine, world-texture and world-count too (``duplicates``).
+#: (Planted test label errors, ``noise``, live on their own card, world-objects-noisy, and
+#: change no existing card's data: still 5.)
 VERSION = 5
 
 
-__all__ = ["Background", "DuplicatePair", "ForegroundObjects", "GENERATORS", "UpstreamWorld",
-           "VERSION", "WorldDataset", "backgrounds", "build", "duplicate_of", "pairs"]
+__all__ = ["Background", "DuplicatePair", "ForegroundObjects", "GENERATORS", "LabelError",
+           "UpstreamWorld", "VERSION", "WorldDataset", "backgrounds", "build", "duplicate_of",
+           "label_errors", "pairs"]

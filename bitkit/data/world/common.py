@@ -58,6 +58,11 @@ class WorldDataset(ImageDataset):
         """Images after planted examples replaced theirs (tasks that host plants override)."""
         return images
 
+    def _given_labels(self, indices: np.ndarray, labels: np.ndarray) -> np.ndarray:
+        """The labels the dataset gives, from the labels its pictures show: the same, unless
+        the split plants label errors (``noise``). Pictures are drawn from the true labels."""
+        return labels
+
     # ------------------------------------------------------------------------- public API
     def __len__(self) -> int:
         return self.size
@@ -78,8 +83,8 @@ class WorldDataset(ImageDataset):
         out = []
         for lo in range(0, idx.size, 1 << 16):  # bounded memory on 10M-example splits
             chunk = idx[lo:lo + (1 << 16)]
-            out.append(self._planted_labels(
-                chunk, self._labels(rng.keys(self.seed, self.stream, chunk), chunk)))
+            out.append(self._given_labels(chunk, self._planted_labels(
+                chunk, self._labels(rng.keys(self.seed, self.stream, chunk), chunk))))
         if not out:
             return np.zeros((0, self.num_classes) if self.multi_label else (0,), np.int64)
         return np.concatenate(out)
@@ -98,7 +103,8 @@ class WorldDataset(ImageDataset):
         idx = self.check_indices(indices)
         keys = rng.keys(self.seed, self.stream, idx)
         labels = self._planted_labels(idx, self._labels(keys, idx))
-        return torch.from_numpy(self._planted_images(idx, self._draw(keys, idx, labels))), labels
+        images = self._planted_images(idx, self._draw(keys, idx, labels))
+        return torch.from_numpy(images), self._given_labels(idx, labels)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int | torch.Tensor]:
         images, labels = self.render([index])

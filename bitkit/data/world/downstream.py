@@ -16,10 +16,12 @@ ability to see those primitives.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 from bitkit.data.cards import DataCard
-from bitkit.data.world import duplicates, render, rng
+from bitkit.data.world import duplicates, noise, render, rng
 from bitkit.data.world.common import WorldDataset, finish, object_slot, palette_colours
 from bitkit.data.world.registry import register
 from bitkit.data.world.scenes import natural_scene
@@ -58,12 +60,43 @@ def _in_bin(label: np.ndarray, u: np.ndarray, bins: int) -> np.ndarray:
 
 class Task(WorldDataset):
     """A downstream task. The test split of a ``duplicates.HOSTS`` task holds planted,
-    perturbed near-duplicates of upstream train images, with their own labels."""
+    perturbed near-duplicates of upstream train images, with their own labels.
 
-    def __init__(self, card: DataCard, split: str = "train", **kw):
+    Args:
+        test_label_noise: fraction of the *test* split's labels replaced by another class
+            (``noise``; the pictures still show the true class, the train split stays exact).
+            ``label_errors()`` and ``clean_labels()`` give the truth.
+    """
+
+    def __init__(self, card: DataCard, split: str = "train", *, test_label_noise: float = 0.0,
+                 **kw):
         super().__init__(card, split, **kw)
         hosts = card.name in duplicates.HOSTS and card.splits[split] == "test"
         self.planted = duplicates.test_plants(self.size) if hosts else {}
+        self.test_label_noise = noise.check_rate(test_label_noise)
+        #: the rate of planted label errors in this split (0 for the train split)
+        self.label_noise = self.test_label_noise if card.splits[split] == "test" else 0.0
+
+    def _given_labels(self, indices, labels):
+        return noise.relabel(self.seed, self.stream, indices, labels, self.label_noise,
+                             self.num_classes)
+
+    def clean_labels(self, indices: Sequence[int] | np.ndarray) -> np.ndarray:
+        """The classes the pictures show (the labels before planted label errors)."""
+        idx = self.check_indices(indices)
+        return self._planted_labels(idx, self._labels(rng.keys(self.seed, self.stream, idx), idx))
+
+    def label_errors(self, indices: Sequence[int] | np.ndarray | None = None
+                     ) -> list[noise.LabelError]:
+        """The planted label errors among ``indices`` (default: the whole split), by index."""
+        idx = np.unique(self.check_indices(np.arange(self.size) if indices is None
+                                           else indices))
+        if self.label_noise <= 0 or idx.size == 0:
+            return []
+        true = self.clean_labels(idx)
+        given = self._given_labels(idx, true)
+        return [noise.LabelError(self.example_id(int(i)), int(i), int(t), int(g))
+                for i, t, g in zip(idx, true, given, strict=True) if t != g]
 
     def _plants_in(self, indices: np.ndarray) -> list[tuple[int, int]]:
         """(batch position, pair) of the planted examples among ``indices``."""

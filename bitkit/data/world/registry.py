@@ -31,20 +31,23 @@ def register(**generators: type[WorldDataset]) -> None:
 def _options(cls: type) -> list[str]:
     """The keyword options of a generator: its ``__init__``'s, and its bases' when it passes
     ``**kw`` on to them."""
-    names: list[str] = []
+    groups: list[list[str]] = []
     for klass in cls.__mro__:
         if "__init__" not in vars(klass):
             continue
         params = inspect.signature(vars(klass)["__init__"]).parameters.values()
-        names += [p.name for p in params if p.kind is p.KEYWORD_ONLY and p.name not in names]
+        groups.append([p.name for p in params if p.kind is p.KEYWORD_ONLY])
         if not any(p.kind is p.VAR_KEYWORD for p in params):
             break
+    names: list[str] = []  # the base's options first (size, seed, image_size), then the rest
+    for group in reversed(groups):
+        names += [n for n in group if n not in names]
     return names
 
 
 def build(card: DataCard, split: str, **options) -> WorldDataset:
     """The world dataset a card's ``source.generator`` names, with the card's ``source.params``
-    as defaults for ``options`` (size, seed, image_size, label_noise, ...)."""
+    as defaults for ``options`` (size, seed, image_size, label_noise, test_label_noise, ...)."""
     if card.source.generator not in GENERATORS:
         raise ValueError(f"{card.path}: field 'source.generator': expected one of "
                          f"{', '.join(GENERATORS)}, got {card.source.generator!r}")
