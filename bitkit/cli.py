@@ -151,7 +151,8 @@ def _sweep(p: argparse.ArgumentParser) -> None:
     p.add_argument("--search-seed", type=int, default=0, metavar="SEED",
                    help="seed of the random search (default 0)")
     p.add_argument("--steps-scale", type=float, default=1.0, metavar="X",
-                   help="multiply each trial's steps (e.g. 0.01 for a CPU-sized search)")
+                   help="multiply each trial's steps, and BiT-HyperRule's in the notebook, so "
+                   "both keep supplementary A's ratio (e.g. 0.01 for a CPU-sized search)")
     p.add_argument("--out", metavar="DIR", help="sweep folder (default runs/<notebook>-sweep)")
     p.add_argument("--sbatch", action="store_true",
                    help="write a SLURM array script (and per-run params) instead of running")

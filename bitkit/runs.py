@@ -528,8 +528,10 @@ def search_trials(n: int, seed: int = 0, *, steps_scale: float = 1.0) -> list[di
     """Parameters of the first ``n`` supplementary-A random-search trials (bitkit.hyperrule).
 
     Each trial gives ``lr``, ``steps`` (times ``steps_scale``, for CPU-sized runs), ``dropout``,
-    ``decay_to_init``, ``mixup`` and ``resolution``; the notebook must take those parameters
-    (05_vtab does).
+    ``decay_to_init``, ``mixup`` and ``resolution``, and ``steps_scale`` itself: the notebook
+    compresses BiT-HyperRule's schedule by the same factor, so the rule and the trials keep
+    supplementary A's ratio of steps (a trial of 16000 steps is 32 of the rule's 500 at any
+    scale). The notebook must take those parameters (05_vtab does).
     """
     from bitkit.hyperrule import SearchSpace
 
@@ -539,7 +541,7 @@ def search_trials(n: int, seed: int = 0, *, steps_scale: float = 1.0) -> list[di
         out.append({"trial": i, "lr": float(f"{r.schedule.base_lr:.4g}"),
                     "steps": max(5, round(r.schedule.total_steps * steps_scale)),
                     "dropout": round(r.dropout, 4), "decay_to_init": float(f"{r.decay_to_init:.3g}"),
-                    "mixup": r.mixup_alpha, "resolution": r.crop})
+                    "mixup": r.mixup_alpha, "resolution": r.crop, "steps_scale": steps_scale})
     return out
 
 

@@ -111,6 +111,8 @@ def test_grid_and_search_trials():
     assert runs.search_trials(3, seed=0) == trials[:3] != runs.search_trials(3, seed=1)
     short = runs.search_trials(5, seed=0, steps_scale=0.01)
     assert [s["steps"] for s in short] == [max(5, round(t["steps"] * 0.01)) for t in trials[:5]]
+    # the notebook gets the factor too, so it compresses BiT-HyperRule's 500 steps the same way
+    assert {s["steps_scale"] for s in short} == {0.01} and trials[0]["steps_scale"] == 1.0
 
 
 def test_sbatch_array_script_and_collect(tiny, tmp_path, capsys):

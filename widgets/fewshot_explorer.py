@@ -1,6 +1,6 @@
 """FewShotExplorer: what a k-shot training set looks like, and how accuracy grows with k.
 
-The paper's few-shot results (section 4.1, Figure 2) train on k examples per class, over several
+The paper's few-shot results (section 3.5, Figures 2 and 5) train on k examples per class, over several
 random subsets, and report the median. With k = 1 a "dataset" is one picture per class, and which
 picture was drawn matters a lot: that is the spread over seeds. Pick k and a seed to see the very
 images a run would train on (balanced, seeded and nested: ``bitkit.data.fewshot``), next to the
@@ -68,7 +68,7 @@ class FewShotExplorer(Panel):
         for wdg in (self.k, self.seed, self.class_page):
             wdg.observe(self._on_change, names="value")
         parts: list[W.Widget] = [
-            heading("Few-shot subsets", "paper 4.1: k examples per class, several seeds"),
+            heading("Few-shot subsets", "paper 3.5: k examples per class, several seeds"),
             W.HBox([self.k, self.seed, self.class_page]), self.status, self.info]
         if self.figure is not None:
             parts.append(self.figure)
