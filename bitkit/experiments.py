@@ -27,11 +27,11 @@ from torch.utils.data import Dataset
 from bitkit import __version__, data, hyperrule, weights
 from bitkit.data import world
 from bitkit.evaluate import Report, predict
-from bitkit.events import Observer, RunControl
+from bitkit.events import Event, Observer, RunControl
 from bitkit.fileio import atomic_write_text
 from bitkit.hyperrule import Recipe
 from bitkit.models import ResNetV2, create
-from bitkit.train import FitResult, TrainConfig, fit
+from bitkit.train import FitResult, TrainConfig, TrainingDiverged, fit
 
 FINAL_WEIGHTS = "model.safetensors"
 SETTINGS_FILE = "settings.json"
@@ -290,14 +290,41 @@ class LrSweep:
     lr: float
     val_top1: dict[float, float]     # lr -> top-1 on the held-out training examples
     test_top1: dict[float, float]    # lr -> top-1 on the test split (reported, never chosen on)
+    # (a diverged lr scores NaN on both and is never chosen)
+    out_dirs: dict[float, Path] = dataclasses.field(default_factory=dict)  # lr -> fit's folder
 
     @property
     def top1(self) -> float:
         return self.best.top1
 
 
+class _Timeline:
+    """One run of a sweep, shown to ``observers`` as a stretch of one long run.
+
+    A sweep is ``runs`` fits of ``total_steps`` each; an observer such as the notebook's
+    training monitor would otherwise see its step counter fall back to 0 at every new lr and
+    report the end of the sweep after the first fit. Steps are shifted by ``index`` runs, the
+    total is the whole sweep's, and only the first run's ``start`` and the last run's ``end``
+    pass through, so progress, ETA and the loss curve cover the sweep, one lr after another.
+    """
+
+    def __init__(self, observers: Sequence[Observer], index: int, runs: int) -> None:
+        self.observers, self.index, self.runs = tuple(observers), index, runs
+
+    def __call__(self, event: Event) -> None:
+        if (event.kind == "start" and self.index > 0) or (
+                event.kind == "end" and self.index < self.runs - 1
+                and (event.reason or "").startswith("done")):
+            return
+        shifted = dataclasses.replace(event, step=event.step + self.index * event.total_steps,
+                                      total_steps=event.total_steps * self.runs)
+        for observer in self.observers:
+            observer(shifted)
+
+
 def sweep_lr(task: str, start: ResNetV2 | str, lrs: Sequence[float], *, train_size: int,
              val_size: int, seed: int = 0, path: str | os.PathLike | None = None,
+             out_dir: str | os.PathLike | None = None, observers: Sequence[Observer] = (),
              **finetune_options: Any) -> LrSweep:
     """Fine-tune ``start`` on ``task`` once per lr in ``lrs`` and keep the best on validation.
 
@@ -308,22 +335,40 @@ def sweep_lr(task: str, start: ResNetV2 | str, lrs: Sequence[float], *, train_si
     noisy test scores is biased up, and by more for whichever arm of a comparison has the
     noisier runs. A from-scratch baseline
     needs a larger lr than BiT's 0.003, so comparisons (``bench/world_transfer.py``) give each
-    arm its own sweep. ``finetune_options`` go to :func:`finetune` (``steps``, ``test_size``,
-    ``batch_size``, ...).
+    arm its own sweep; give every arm the same ``lrs``, ``train_size``, ``val_size`` and
+    ``seed`` and each is tuned the same way, on the same examples. ``finetune_options`` go to
+    :func:`finetune` (``steps``, ``test_size``, ``batch_size``, ...).
+
+    ``out_dir``: each lr's run writes its ``fit`` folder (``metrics.jsonl``, checkpoint) to
+    ``out_dir/lr=<lr>`` (``LrSweep.out_dirs``). ``observers`` see the whole sweep as one run of
+    ``len(lrs)`` x steps, one lr after another (a training monitor shows every lr's curve and
+    the sweep's progress and ETA).
     """
     if not lrs:
         raise ValueError("sweep_lr: give at least one lr in lrs")
     train, val = data.vtab1k_split(data.load(task, "train", path=path), seed=seed,
                                    train=train_size, val=val_size, how="random")
     best_lr, best = None, None
-    val_top1, test_top1 = {}, {}
-    for lr in lrs:
-        run = finetune(task, start, train_set=train, seed=seed, base_lr=lr, path=path,
-                       **finetune_options)
+    val_top1, test_top1, out_dirs = {}, {}, {}
+    for i, lr in enumerate(lrs):
+        folder = None if out_dir is None else Path(out_dir) / f"lr={lr:g}"
+        if folder is not None:
+            out_dirs[lr] = folder
+        try:
+            run = finetune(task, start, train_set=train, seed=seed, base_lr=lr, path=path,
+                           out_dir=folder,
+                           observers=[_Timeline(observers, i, len(lrs))] if observers else (),
+                           **finetune_options)
+        except TrainingDiverged:  # too large an lr is a result of the sweep, not its end
+            val_top1[lr] = test_top1[lr] = float("nan")
+            continue
         val_top1[lr], test_top1[lr] = run.evaluate(val, progress=False).top1, run.top1
         if best is None or val_top1[lr] > val_top1[best_lr]:  # ties: the first lr
             best_lr, best = lr, run  # only the best model is kept, not one per lr
-    return LrSweep(best, best_lr, val_top1, test_top1)
+    if best is None:
+        raise TrainingDiverged(f"sweep_lr: every lr of {list(lrs)} diverged on {task!r}; "
+                               "try smaller ones")
+    return LrSweep(best, best_lr, val_top1, test_top1, out_dirs)
 
 
 def _check_finetune_options(task: str, *, train_set: Dataset | None, test_set: Dataset | None,

@@ -1,10 +1,12 @@
 """The spine end to end: upstream pre-training (cached, resumable) and HyperRule transfer."""
 
+import math
+
 import pytest
 import torch
 from torch.utils.data import TensorDataset
 
-from bitkit import data, experiments, hyperrule
+from bitkit import data, events, experiments, hyperrule
 from bitkit.events import RunControl
 
 SMALL = dict(model="R14x0.25", size=2048, steps=12, batch_size=64, progress=False)
@@ -145,3 +147,39 @@ def test_sweep_lr_chooses_on_held_out_training_examples_not_on_test():
     assert all(i.startswith("world-count:test:") for i in sweep.best.report.ids)
     with pytest.raises(ValueError, match="at least one lr"):
         experiments.sweep_lr("world-count", "R14x0.25", (), train_size=8, val_size=8)
+
+
+def test_sweep_lr_writes_a_folder_per_lr_and_shows_observers_one_timeline(tmp_path):
+    seen = []
+    sweep = experiments.sweep_lr("world-count", "R14x0.25", (0.01, 0.1), train_size=64,
+                                 val_size=32, steps=6, batch_size=32, test_size=20,
+                                 out_dir=tmp_path, observers=[seen.append], progress=False)
+    assert sweep.out_dirs == {0.01: tmp_path / "lr=0.01", 0.1: tmp_path / "lr=0.1"}
+    for folder in sweep.out_dirs.values():  # each lr's own fit folder, not one overwritten
+        steps = [r["step"] for r in events.read_jsonl(folder / "metrics.jsonl")
+                 if r["kind"] == "step"]
+        assert steps == list(range(1, 7))
+    # the observer sees one run of 2 x 6 steps: one start, steps 1..12 in order, one end
+    assert [e.kind for e in seen if e.kind in ("start", "end")] == ["start", "end"]
+    assert [e.step for e in seen if e.kind == "step"] == list(range(1, 13))
+    assert {e.total_steps for e in seen} == {12}
+    lrs = [e.metrics["lr"] for e in seen if e.kind == "step"]
+    assert max(lrs[:6]) == pytest.approx(0.01) and max(lrs[6:]) == pytest.approx(0.1)
+
+
+def test_sweep_lr_skips_an_lr_that_diverges(monkeypatch):
+    real = experiments.finetune
+
+    def finetune(task, start, *, base_lr, **kw):
+        if base_lr > 1:
+            raise experiments.TrainingDiverged("loss nan")
+        return real(task, start, base_lr=base_lr, **kw)
+
+    monkeypatch.setattr(experiments, "finetune", finetune)
+    sweep = experiments.sweep_lr("world-count", "R14x0.25", (10.0, 0.01), train_size=32,
+                                 val_size=16, steps=5, batch_size=16, test_size=10,
+                                 progress=False)
+    assert sweep.lr == 0.01 and math.isnan(sweep.val_top1[10.0])
+    with pytest.raises(experiments.TrainingDiverged, match="every lr"):
+        experiments.sweep_lr("world-count", "R14x0.25", (10.0,), train_size=32, val_size=16,
+                             steps=5, batch_size=16, test_size=10, progress=False)
