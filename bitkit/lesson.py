@@ -166,6 +166,12 @@ CHECKS: dict[str, inputs.Rule] = {
     "processes": _processes, "device": _device, "variant": inputs.one_of("S", "M", "L"),
     "threshold": inputs.number(0, 1), "trials": _whole(1), "search_size": _whole(10),
     "k": _whole(1),
+    # a fine-tuning lr grid every arm of a comparison chooses from (experiments.sweep_lr)
+    "lrs": inputs.list_of(inputs.number(1e-6, 10), single=True,
+                          what="a non-empty list of learning rates, e.g. [0.01, 0.03, 0.1]"),
+    "val_size": _whole(1),
+    # peak upstream lr; None: BiT's 0.03 x batch/256 (experiments.pretrain's base_lr)
+    "upstream_lr": inputs.optional(inputs.number(1e-6, 10)),
 }
 
 #: Checks that read this machine's hardware; a job written for a cluster (``bitkit sweep
@@ -214,7 +220,7 @@ def check_parameters(**params: Any) -> dict[str, Any]:
 
 def upstream_model(model: str, *, weights: str | None = None, upstream: str = "world-upstream",
                    size: int = 50_000, steps: int = 600, batch_size: int = 128, seed: int = 0,
-                   observers: tuple = ()) -> models.ResNetV2:
+                   base_lr: float | None = None, observers: tuple = ()) -> models.ResNetV2:
     """The pre-trained starting point of a lesson.
 
     With ``weights`` (a released ``.npz`` such as BiT-M-R50x1.npz): that checkpoint, head
@@ -234,9 +240,10 @@ def upstream_model(model: str, *, weights: str | None = None, upstream: str = "w
               f"{arch.num_classes or 'no'} classes kept)")
         return models.create(model, num_classes=arch.num_classes, weights=weights, keep_head=True)
     print("upstream model:", describe_upstream(model, upstream, size=size, steps=steps,
-                                               batch_size=batch_size, seed=seed))
+                                               batch_size=batch_size, seed=seed, base_lr=base_lr))
     return experiments.pretrain(model, upstream, size=size, steps=steps, batch_size=batch_size,
-                                seed=seed, observers=observers, progress=progress())
+                                seed=seed, base_lr=base_lr, observers=observers,
+                                progress=progress())
 
 
 def describe_upstream(model: str, upstream: str = "world-upstream", *, size: int = 50_000,
@@ -255,11 +262,13 @@ def describe_upstream(model: str, upstream: str = "world-upstream", *, size: int
                                 epochs=steps * batch_size / size)
     lr = recipe.schedule.base_lr if base_lr is None else base_lr
     why = "BiT's upstream rule, 0.03 x batch/256" if base_lr is None else "given"
-    extra = "".join(f", {k}={v!r}" for k, v in train_overrides.items())
+    overrides = dict(train_overrides)
+    decay = overrides.pop("weight_decay", recipe.weight_decay)
+    extra = "".join(f", {k}={v!r}" for k, v in overrides.items())
     return (f"{model} pre-trained on {upstream}: {size:,} images, {steps:,} SGD steps at batch "
             f"{batch_size} ({steps * batch_size / size:.2g} epochs), peak lr {lr:g} ({why}), "
-            f"weight decay {recipe.weight_decay:g}, BiT-{variant}'s schedule compressed to "
-            f"those steps, seed {seed}{extra}")
+            f"weight decay {decay:g}, BiT-{variant}'s schedule compressed to those steps, "
+            f"seed {seed}{extra}")
 
 
 #: The pre-trained models the lessons share with their default parameters. ``bitkit prepare``
@@ -268,7 +277,18 @@ def describe_upstream(model: str, upstream: str = "world-upstream", *, size: int
 #: Each entry: ``experiments.pretrain`` arguments plus ``lessons``, the lessons that use it.
 SHARED_UPSTREAMS: list[dict[str, Any]] = [
     dict(model="R14x0.25", upstream="world-upstream", size=50_000, steps=600, batch_size=128,
-         seed=0, lessons=["00", "01", "03", "04", "05", "06", "07", "08", "09"]),
+         seed=0, lessons=["02", "04", "05", "06", "07", "09"]),
+    # lesson 02's grid (model x upstream size at the standard budget) and its 3x budget, at the
+    # lesson's peak lr 0.1 (a short run learns little at the rule's 0.015; lesson 02 explains)
+    *(dict(model=m, upstream="world-upstream", size=n, steps=600, batch_size=128, seed=0,
+           base_lr=0.1, lessons=(["02", "08"] + (["00", "03"] if n == 50_000 else []))
+           if m == "R14x0.25" else ["02"])
+      for m in ("R14x0.25", "R26x0.25") for n in (5_000, 50_000)),
+    # lesson 08's third point: the same recipe on only 1,000 distinct upstream images
+    dict(model="R14x0.25", upstream="world-upstream", size=1_000, steps=600, batch_size=128,
+         seed=0, base_lr=0.1, lessons=["08"]),
+    dict(model="R14x0.25", upstream="world-upstream", size=50_000, steps=1_800, batch_size=128,
+         seed=0, base_lr=0.1, lessons=["02"]),
 ]
 
 

@@ -263,13 +263,14 @@ def test_panels_in_jupyterlab(lab, browser, artefacts):
 # model (tests/conftest.py shared_cache), the one the quickstart builds.
 UPSTREAM = dict(upstream_size=50_000, upstream_steps=600, upstream_batch=128)
 LESSON_PARAMETERS: dict[str, dict] = {
-    "00_quickstart": dict(**UPSTREAM, train_size=300, steps=20, test_size=200),
+    "00_quickstart": dict(**UPSTREAM, train_size=100, val_size=100, lrs=[0.1], steps=20,
+                          test_size=200),
     "01_architecture": dict(train_size=200, test_size=200, steps=10, batch_size=16, micro_batch=4),
     "02_pretraining": dict(models=["R14x0.25"], upstream_sizes=[256, 512], upstream_steps=5,
                            upstream_batch=16, longer=2, shots=[1, 5], seeds=[0, 1],
                            pool_size=200, test_size=100, val_size=100),
-    "03_transfer": dict(**UPSTREAM, tasks=["world-objects", "digits"], train_size=200, steps=20,
-                        test_size=200),
+    "03_transfer": dict(**UPSTREAM, tasks=["world-objects", "digits"], train_size=100,
+                        val_size=100, lrs=[0.1], steps=20, test_size=200),
     "04_few_shot": dict(**UPSTREAM, shots=[1, 5], seeds=[0, 1], finetune_shots=[1],
                         finetune_seeds=[0], finetune_steps=10, test_size=200),
     "05_vtab": dict(**UPSTREAM, tasks=["world-objects"], trials=2, steps_scale=0.001,
@@ -278,7 +279,8 @@ LESSON_PARAMETERS: dict[str, dict] = {
     "06_error_browser": dict(**UPSTREAM, train_size=200, steps=20, test_size=200),
     "07_duplicates": dict(**UPSTREAM, search_size=2000, train_size=200, steps=20,
                           tasks=["world-objects"]),
-    "08_out_of_context": dict(upstream_steps=600, upstream_batch=128, upstream_sizes=[50_000],
+    "08_out_of_context": dict(upstream_models=[["R14x0.25", 2048], ["R14x0.25", 512]],
+                              upstream_steps=60, upstream_batch=32, upstream_lr=None,
                               n_objects=12, iid_size=300),
     "09_released_bit": dict(upstream_size=2048, upstream_steps=60, upstream_batch=32,
                             task="digits", train_size=200, test_size=100, steps=20,

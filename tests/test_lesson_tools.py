@@ -194,3 +194,8 @@ def test_describe_upstream_says_how_the_shared_model_is_trained():
     assert lesson.SHARED_UPSTREAMS[0] | {"lessons": None} == dict(
         model="R14x0.25", upstream="world-upstream", size=50_000, steps=600, batch_size=128,
         seed=0, lessons=None)  # the quickstart's defaults
+
+
+def test_describe_upstream_names_an_overridden_weight_decay_once():
+    line = lesson.describe_upstream("R14x0.25", base_lr=0.1, weight_decay=0.0)
+    assert "weight decay 0," in line and "weight_decay" not in line and "0.0001" not in line
