@@ -6,9 +6,11 @@ extension enabled, every save goes through :func:`bitkit.runs.pre_save_hook`, wh
 panel's static view and its figures instead, exactly as ``bitkit run`` writes its executed
 copies. The open browser tab keeps its live panels; re-running a cell brings one back live.
 
-Installing bitkit enables it for its environment's Jupyter server (the package puts
-``etc/jupyter/jupyter_server_config.d/bitkit.json`` there); ``jupyter server extension disable
-bitkit.jupyter_extension`` turns it off. Nothing here imports Jupyter: the server hands itself in.
+Installing bitkit enables it for its environment's Jupyter server: a wheel puts
+``etc/jupyter/jupyter_server_config.d/bitkit.json`` there, and ``make install`` (an editable
+install, which skips data files) runs ``jupyter server extension enable --sys-prefix
+bitkit.jupyter_extension``; ``jupyter server extension disable bitkit.jupyter_extension`` turns
+it off. Nothing here imports Jupyter: the server hands itself in.
 """
 
 from __future__ import annotations
