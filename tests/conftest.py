@@ -26,6 +26,12 @@ from torch.utils.data import Dataset  # noqa: E402
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 
+def pytest_collection_modifyitems(config, items):
+    """Browser tests last: the lessons they run in JupyterLab then find the upstream models the
+    papermill runs built in the session's shared cache."""
+    items.sort(key=lambda item: item.get_closest_marker("browser") is not None)
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

@@ -7,10 +7,13 @@ comes back. One JupyterLab with a token serves the module:
 
 - a notebook with the HyperRule panel and the error browser: run it, drag the dataset-size
   control across 20,000, pick a class filter, check what the page shows;
-- every lesson, with small parameters: run it as a student would (Run All), check that no cell
+- lessons, with small parameters: run each as a student would (Run All), check that no cell
   failed and no widget is empty or broken, save it, reopen it with a fresh kernel (a new page
   load), and check that every figure draws and every panel shows its static view, without
-  "Error displaying widget".
+  "Error displaying widget". Three lessons by default (their live outputs cover every panel
+  kind the lessons use but the HyperRule, duplicate and OOC panels); BITKIT_BROWSER_LESSONS=all
+  runs every lesson. These tests run last (conftest), when the session's shared upstream
+  models are built.
 
 Screenshots are test artefacts: in ``$BITKIT_TEST_ARTIFACTS/browser`` when that is set (CI sets
 it), else in the test's ``tmp_path``.
@@ -258,34 +261,48 @@ def test_panels_in_jupyterlab(lab, browser, artefacts):
 # Every lesson: run, save, reopen with a fresh kernel
 # --------------------------------------------------------------------------------------------
 
-# Small parameters per lesson (the lessons' own tests use the same sizes): enough for every
-# cell, figure and panel to appear, in seconds. Lessons that pre-train use the session's shared
-# model (tests/conftest.py shared_cache), the one the quickstart builds.
+# Which lessons make the round trip. By default three that hold every kind of live output: 00
+# (TrainingMonitors, figures, a mistakes grid), 04 (FewShotExplorer) and 06 (ErrorBrowser), each
+# with a SelfCheck. BITKIT_BROWSER_LESSONS=all (or a comma-separated list of lesson names) runs
+# others too: every lesson runs in the browser at its papermill test's small parameters.
+DEFAULT_LESSONS = ["00_quickstart", "04_few_shot", "06_error_browser"]
 UPSTREAM = dict(upstream_size=50_000, upstream_steps=600, upstream_batch=128)
 LESSON_PARAMETERS: dict[str, dict] = {
     "00_quickstart": dict(**UPSTREAM, train_size=100, val_size=100, lrs=[0.1], steps=20,
                           test_size=200),
-    "01_architecture": dict(train_size=200, test_size=200, steps=10, batch_size=16, micro_batch=4),
-    "02_pretraining": dict(models=["R14x0.25"], upstream_sizes=[256, 512], upstream_steps=5,
-                           upstream_batch=16, longer=2, shots=[1, 5], seeds=[0, 1],
-                           pool_size=200, test_size=100, val_size=100),
-    "03_transfer": dict(**UPSTREAM, tasks=["world-objects", "digits"], train_size=100,
-                        val_size=100, lrs=[0.1], steps=20, test_size=200),
     "04_few_shot": dict(**UPSTREAM, shots=[1, 5], seeds=[0, 1], finetune_shots=[1],
                         finetune_seeds=[0], finetune_steps=10, test_size=200),
-    "05_vtab": dict(**UPSTREAM, tasks=["world-objects"], trials=2, steps_scale=0.001,
-                    resolution_scale=0.0625, rule_own_schedule=False, batch_size=16,
-                    test_size=100),
     "06_error_browser": dict(**UPSTREAM, train_size=200, steps=20, test_size=200),
-    "07_duplicates": dict(**UPSTREAM, search_size=2000, train_size=200, steps=20,
-                          tasks=["world-objects"]),
-    "08_out_of_context": dict(upstream_models=[["R14x0.25", 2048], ["R14x0.25", 512]],
-                              upstream_steps=60, upstream_batch=32, upstream_lr=None,
-                              n_objects=12, iid_size=300),
-    "09_released_bit": dict(upstream_size=2048, upstream_steps=60, upstream_batch=32,
-                            task="digits", train_size=200, test_size=100, steps=20,
-                            batch_size=32),
 }
+
+
+def _more_lessons() -> dict[str, dict]:
+    """The other lessons at their papermill tests' small parameters (tests/test_notebooks.py)."""
+    import test_notebooks as t
+
+    return {"01_architecture": t.TEST01, "02_pretraining": t.TEST02,
+            "03_transfer": {**t.UPSTREAM, **t.TRANSFER, "tasks": ["world-objects", "digits"]},
+            "05_vtab": dict(**t.UPSTREAM, tasks=["world-objects"], trials=2, steps_scale=0.01,
+                            resolution_scale=0.0625, rule_own_schedule=False, batch_size=16,
+                            test_size=100),
+            "07_duplicates": dict(**t.UPSTREAM, search_size=2000, train_size=200, steps=20,
+                                  tasks=["world-objects"]),
+            "08_out_of_context": t.SMALL_08,
+            "09_released_bit": {**t.TINY_UPSTREAM, **t.SMALL_09}}
+
+
+def _selected() -> list[str]:
+    chosen = os.environ.get("BITKIT_BROWSER_LESSONS", "")
+    if not chosen:
+        return DEFAULT_LESSONS
+    LESSON_PARAMETERS.update(_more_lessons())
+    names = _lessons() if chosen == "all" else [n.strip() for n in chosen.split(",")]
+    unknown = sorted(set(names) - set(LESSON_PARAMETERS))
+    if unknown:
+        raise ValueError(f"BITKIT_BROWSER_LESSONS names unknown lessons {unknown}; known: "
+                         f"{', '.join(sorted(LESSON_PARAMETERS))} or 'all'")
+    return names
+
 
 # The notebook model in the page: each cell's execution count and any error output.
 CELL_STATE = """() => {
@@ -326,7 +343,7 @@ def _lessons():
 
 
 def test_every_lesson_has_browser_parameters():
-    assert sorted(LESSON_PARAMETERS) == _lessons()
+    assert sorted({**LESSON_PARAMETERS, **_more_lessons()}) == _lessons()
 
 
 def _check_page(page, where, screenshot):
@@ -347,7 +364,8 @@ def _check_page(page, where, screenshot):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", _lessons())
+@pytest.mark.timeout(900)
+@pytest.mark.parametrize("name", _selected())
 def test_lesson_runs_saves_and_reopens_in_jupyterlab(lab, browser, artefacts, name):
     import nbformat
     import papermill
@@ -363,7 +381,7 @@ def test_lesson_runs_saves_and_reopens_in_jupyterlab(lab, browser, artefacts, na
     try:
         open_notebook(page, url, token, f"{name}.ipynb")
         page.evaluate("() => window.jupyterapp.commands.execute('notebook:run-all-cells')")
-        deadline = time.monotonic() + 300
+        deadline = time.monotonic() + 600
         while True:
             state = page.evaluate(CELL_STATE)
             assert not state["errors"], f"{name}: {state['errors']}"
