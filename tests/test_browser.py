@@ -402,7 +402,10 @@ def test_lesson_runs_saves_and_reopens_in_jupyterlab(lab, browser, artefacts, na
     assert "widgets" not in saved.metadata
     assert not [o for o in outputs if "application/vnd.jupyter.widget-view+json" in
                 o.get("data", {})]
-    assert (root / f"{name}.ipynb").stat().st_size < 1_000_000  # measured 0.29-0.75 MB
+    # under 1 MB (0.29-0.75 MB measured); 09 shows photographs, and JupyterLab's plotly renderer
+    # saves a PNG snapshot of every figure (1.55 MB measured)
+    limit = 2_000_000 if name == "09_released_bit" else 1_000_000
+    assert (root / f"{name}.ipynb").stat().st_size < limit
     plots = [o for o in outputs if "application/vnd.plotly.v1+json" in o.get("data", {})]
 
     # Reopened with a fresh kernel: every figure draws, every panel shows its static view.
