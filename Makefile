@@ -30,8 +30,8 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev]'
 	$(PY) -m ipykernel install --sys-prefix --name bitkit --display-name "bitkit (.venv)" >/dev/null
-	@# an editable install skips the package's data files: enable the save hook's extension here
-	$(PY) -m jupyter server extension enable --sys-prefix bitkit.jupyter_extension >/dev/null
+	@# an editable install skips the package's data files (the wheel's Jupyter config): write it
+	$(PY) -m bitkit.jupyter_extension >/dev/null
 	touch $(STAMP)
 
 lint: $(STAMP)

@@ -93,3 +93,40 @@ def test_the_server_extension_registers_the_save_hook(tmp_path):
     assert "widgets" not in saved.metadata
     assert [sorted(o["data"]) for o in saved.cells[0].outputs][1] == [
         "application/vnd.plotly.v1+json", "text/html", "text/plain"]
+
+
+def _enabled_server_extensions(config_dirs):
+    from jupyter_server.extension.config import ExtensionConfigManager
+
+    return ExtensionConfigManager(read_config_path=[str(d) for d in config_dirs]) \
+        .get_jpserver_extensions()
+
+
+def test_enable_writes_the_config_a_wheel_installs_where_jupyter_reads_it(tmp_path):
+    import tomllib
+    from pathlib import Path
+
+    from bitkit import jupyter_extension
+
+    written = jupyter_extension.enable(prefix=tmp_path)
+    assert _enabled_server_extensions([tmp_path / "etc" / "jupyter"]) == {
+        "bitkit.jupyter_extension": True}
+    # the same file the wheel's data-files carry
+    root = Path(__file__).resolve().parents[1]
+    data_files = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"][
+        "data-files"]
+    (source,) = data_files[str(jupyter_extension.CONFIG_DIR)]
+    assert (root / source).read_bytes() == written.read_bytes()
+    jupyter_extension.enable(prefix=tmp_path)  # enabling twice is harmless
+    assert [p.name for p in written.parent.iterdir()] == ["bitkit.json"]
+
+
+def test_this_environment_saves_lessons_with_static_views():
+    # What `make install` promises: the Jupyter server of the environment running the tests
+    # loads the save hook (a CI run once found it silently missing after a fresh install).
+    from jupyter_core.paths import jupyter_config_path
+
+    enabled = _enabled_server_extensions(jupyter_config_path())
+    assert enabled.get("bitkit.jupyter_extension") is True, (
+        "bitkit's Jupyter server extension is not enabled in this environment, so lessons "
+        "saved from JupyterLab keep dead widgets; run `python -m bitkit.jupyter_extension`")
