@@ -10,10 +10,9 @@ comes back. One JupyterLab with a token serves the module:
 - lessons, with small parameters: run each as a student would (Run All), check that no cell
   failed and no widget is empty or broken, save it, reopen it with a fresh kernel (a new page
   load), and check that every figure draws and every panel shows its static view, without
-  "Error displaying widget". Three lessons by default (their live outputs cover every panel
-  kind the lessons use but the HyperRule, duplicate and OOC panels); BITKIT_BROWSER_LESSONS=all
-  runs every lesson. These tests run last (conftest), when the session's shared upstream
-  models are built.
+  "Error displaying widget". Every lesson, at parameters that reach every cell (the
+  ``BITKIT_BROWSER_LESSONS`` variable picks a subset while working on one). These tests run
+  last (conftest), when the session's upstream models are built and cached.
 
 Screenshots are test artefacts: in ``$BITKIT_TEST_ARTIFACTS/browser`` when that is set (CI sets
 it), else in the test's ``tmp_path``.
@@ -261,46 +260,51 @@ def test_panels_in_jupyterlab(lab, browser, artefacts):
 # Every lesson: run, save, reopen with a fresh kernel
 # --------------------------------------------------------------------------------------------
 
-# Which lessons make the round trip. By default three that hold every kind of live output: 00
-# (TrainingMonitors, figures, a mistakes grid), 04 (FewShotExplorer) and 06 (ErrorBrowser), each
-# with a SelfCheck. BITKIT_BROWSER_LESSONS=all (or a comma-separated list of lesson names) runs
-# others too: every lesson runs in the browser at its papermill test's small parameters.
-DEFAULT_LESSONS = ["00_quickstart", "04_few_shot", "06_error_browser"]
+# Every lesson makes the round trip. The parameters only need to reach every cell, panel and
+# figure (the lessons' claims are tested by tests/test_notebooks.py): each lesson's upstream
+# models are the ones its papermill test builds earlier in the session (the same settings, so
+# cache hits), and everything after them is as small as the lesson allows.
+# BITKIT_BROWSER_LESSONS (a comma-separated list of lesson names) runs a subset.
 UPSTREAM = dict(upstream_size=50_000, upstream_steps=600, upstream_batch=128)
-LESSON_PARAMETERS: dict[str, dict] = {
-    "00_quickstart": dict(**UPSTREAM, train_size=100, val_size=100, lrs=[0.1], steps=20,
-                          test_size=200),
-    "04_few_shot": dict(**UPSTREAM, shots=[1, 5], seeds=[0, 1], finetune_shots=[1],
-                        finetune_seeds=[0], finetune_steps=10, test_size=200),
-    "06_error_browser": dict(**UPSTREAM, train_size=200, steps=20, test_size=200),
-}
 
 
-def _more_lessons() -> dict[str, dict]:
-    """The other lessons at their papermill tests' small parameters (tests/test_notebooks.py)."""
+def _parameters() -> dict[str, dict]:
     import test_notebooks as t
 
-    return {"01_architecture": t.TEST01, "02_pretraining": t.TEST02,
-            "03_transfer": {**t.UPSTREAM, **t.TRANSFER, "tasks": ["world-objects", "digits"]},
-            "05_vtab": dict(**t.UPSTREAM, tasks=["world-objects"], trials=2, steps_scale=0.01,
-                            resolution_scale=0.0625, rule_own_schedule=False, batch_size=16,
-                            test_size=100),
-            "07_duplicates": dict(**t.UPSTREAM, search_size=2000, train_size=200, steps=20,
-                                  tasks=["world-objects"]),
-            "08_out_of_context": t.SMALL_08,
-            "09_released_bit": {**t.TINY_UPSTREAM, **t.SMALL_09}}
+    return {
+        "00_quickstart": dict(**UPSTREAM, train_size=100, val_size=100, lrs=[0.1], steps=20,
+                              test_size=200),
+        "01_architecture": dict(train_size=64, val_size=32, test_size=64, steps=6, batch_size=16,
+                                micro_batch=2, lrs=[0.1], seeds=[0, 1]),
+        "02_pretraining": {**t.TEST02, "shots": [1, 5], "seeds": [0, 1], "pool_size": 300,
+                           "test_size": 100, "val_size": 100},
+        "03_transfer": {**t.UPSTREAM, **t.TRANSFER, "tasks": ["world-objects", "digits"],
+                        "lrs": [0.1], "steps": 10, "test_size": 100},
+        "04_few_shot": dict(**UPSTREAM, shots=[1, 5], seeds=[0, 1], finetune_shots=[1],
+                            finetune_seeds=[0], finetune_steps=10, test_size=200),
+        "05_vtab": dict(**t.UPSTREAM, tasks=["world-objects"], trials=2, steps_scale=0.01,
+                        resolution_scale=0.0625, rule_own_schedule=False, batch_size=16,
+                        test_size=100),
+        "06_error_browser": dict(**UPSTREAM, train_size=200, steps=20, test_size=200),
+        "07_duplicates": dict(**t.UPSTREAM, search_size=2000, train_size=200, steps=20,
+                              tasks=["world-objects"]),
+        "08_out_of_context": t.SMALL_08,
+        "09_released_bit": {**t.TINY_UPSTREAM, **t.SMALL_09, "steps": 10},
+    }
+
+
+LESSON_PARAMETERS = _parameters()
 
 
 def _selected() -> list[str]:
     chosen = os.environ.get("BITKIT_BROWSER_LESSONS", "")
     if not chosen:
-        return DEFAULT_LESSONS
-    LESSON_PARAMETERS.update(_more_lessons())
-    names = _lessons() if chosen == "all" else [n.strip() for n in chosen.split(",")]
+        return sorted(LESSON_PARAMETERS)
+    names = [n.strip() for n in chosen.split(",")]
     unknown = sorted(set(names) - set(LESSON_PARAMETERS))
     if unknown:
         raise ValueError(f"BITKIT_BROWSER_LESSONS names unknown lessons {unknown}; known: "
-                         f"{', '.join(sorted(LESSON_PARAMETERS))} or 'all'")
+                         f"{', '.join(sorted(LESSON_PARAMETERS))}")
     return names
 
 
@@ -342,8 +346,10 @@ def _lessons():
     return sorted(p.stem for p in NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"))
 
 
-def test_every_lesson_has_browser_parameters():
-    assert sorted({**LESSON_PARAMETERS, **_more_lessons()}) == _lessons()
+def test_every_lesson_makes_the_round_trip_by_default(monkeypatch):
+    monkeypatch.delenv("BITKIT_BROWSER_LESSONS", raising=False)
+    assert _selected() == sorted(LESSON_PARAMETERS) == _lessons()
+    assert len(_lessons()) == 10
 
 
 def _check_page(page, where, screenshot):

@@ -276,6 +276,23 @@ def test_a_bad_parameter_fails_in_the_first_cells(shared_cache, tmp_path):
     assert e.value.cell_index <= 3  # before any training
 
 
+def test_02_a_pool_too_small_for_the_shots_fails_before_pre_training(shared_cache, tmp_path):
+    # 200 world-objects images leave a class with 4: a 5-shot subset cannot be drawn. The
+    # lesson says so where it loads the data, not minutes later after pre-training its grid.
+    import papermill
+    from papermill.exceptions import PapermillExecutionError
+
+    with pytest.raises(PapermillExecutionError) as e:
+        papermill.execute_notebook(str(NOTEBOOKS / "02_pretraining.ipynb"),
+                                   str(tmp_path / "small_pool.ipynb"),
+                                   parameters={"pool_size": 200, "shots": [1, 5], "val_size": 10,
+                                               "test_size": 10},
+                                   kernel_name="bitkit", cwd=str(tmp_path), progress_bar=False)
+    assert e.value.ename == "ParameterError" and "parameter pool_size = 200" in e.value.evalue
+    assert "fewer than max(shots) = 5" in e.value.evalue
+    assert e.value.cell_index <= 4  # the data cell (papermill injected one), before any model
+
+
 @pytest.mark.slow
 def test_01_architecture(shared_cache, tmp_path):
     """GN+WS holds up at a tiny per-device batch where BN degrades, each arm with its own lr
