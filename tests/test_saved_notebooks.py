@@ -103,8 +103,9 @@ def _enabled_server_extensions(config_dirs):
 
 
 def test_enable_writes_the_config_a_wheel_installs_where_jupyter_reads_it(tmp_path):
-    import tomllib
     from pathlib import Path
+
+    import tomllib
 
     from bitkit import jupyter_extension
 
