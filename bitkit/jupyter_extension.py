@@ -50,4 +50,9 @@ def enable(prefix: str | Path = sys.prefix) -> Path:
 
 
 if __name__ == "__main__":
-    print(f"enabled {NAME} for this environment's Jupyter server: {enable()}")
+    try:
+        print(f"enabled {NAME} for this environment's Jupyter server: {enable()}")
+    except OSError as e:  # e.g. a system Python's prefix is not writable
+        sys.exit(f"could not enable {NAME}: {e}. Run it with the Python of an environment "
+                 "you own (a venv or conda env), or copy "
+                 f"{CONFIG} into <prefix>/{CONFIG_DIR}/ yourself.")

@@ -167,7 +167,8 @@ CHECKS: dict[str, inputs.Rule] = {
     "threshold": inputs.number(0, 1), "trials": _whole(1), "search_size": _whole(10),
     "k": _whole(1),
     # a fine-tuning lr grid every arm of a comparison chooses from (experiments.sweep_lr)
-    "lrs": inputs.list_of(inputs.number(1e-6, 10), single=True,
+    # a list, not a bare number: the lessons iterate over it (a bare 0.1 would fail mid-run)
+    "lrs": inputs.list_of(inputs.number(1e-6, 10),
                           what="a non-empty list of learning rates, e.g. [0.01, 0.03, 0.1]"),
     "val_size": _whole(1),
     # peak upstream lr; None: BiT's 0.03 x batch/256 (experiments.pretrain's base_lr)
