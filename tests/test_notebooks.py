@@ -169,7 +169,8 @@ def test_00_quickstart(shared_cache, tmp_path):
     QUICKSTART with seeds 0, 1, 2 (upstream model of seed 0): +13.3, +22.0, +34.7 (transfer
     75.7 / 77.3 / 82.3 %, scratch 62.3 / 55.3 / 47.7 %); asserted: gain > 5. At the lesson's
     defaults (100 images, 250 held-out, 100 steps, lrs 0.01/0.03/0.1, 1,000 test images):
-    +7.3, +9.9, +12.7 (``bench/transfer_defaults.py``, world version 5). With the rule's upstream lr (0.015) instead of the lesson's 0.1 the
+    +7.3, +9.9, +12.7 (``bench/transfer_defaults.py``, world version 5). With the rule's
+    upstream lr (0.015) instead of the lesson's 0.1 the
     defaults gave +7.7, -1.0, +0.3 (lrs 0.003-0.1): a tie, which the lesson quotes.
     """
     out = tmp_path / "00_quickstart"
