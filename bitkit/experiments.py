@@ -312,9 +312,11 @@ class _Timeline:
         self.observers, self.index, self.runs = tuple(observers), index, runs
 
     def __call__(self, event: Event) -> None:
+        # a middle run's end (done, or diverged: sweep_lr goes on with the next lr) is not the
+        # sweep's; an interrupted run does end it
         if (event.kind == "start" and self.index > 0) or (
                 event.kind == "end" and self.index < self.runs - 1
-                and (event.reason or "").startswith("done")):
+                and not (event.reason or "").startswith("interrupted")):
             return
         shifted = dataclasses.replace(event, step=event.step + self.index * event.total_steps,
                                       total_steps=event.total_steps * self.runs)

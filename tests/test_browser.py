@@ -302,7 +302,7 @@ def _selected() -> list[str]:
     chosen = os.environ.get("BITKIT_BROWSER_LESSONS", "")
     if not chosen:
         return sorted(LESSON_PARAMETERS)
-    names = [n.strip() for n in chosen.split(",")]
+    names = [n.strip() for n in chosen.split(",") if n.strip()]
     unknown = sorted(set(names) - set(LESSON_PARAMETERS))
     if unknown:
         raise ValueError(f"BITKIT_BROWSER_LESSONS names unknown lessons {unknown}; known: "

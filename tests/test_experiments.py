@@ -183,3 +183,21 @@ def test_sweep_lr_skips_an_lr_that_diverges(monkeypatch):
     with pytest.raises(experiments.TrainingDiverged, match="every lr"):
         experiments.sweep_lr("world-count", "R14x0.25", (10.0,), train_size=32, val_size=16,
                              steps=5, batch_size=16, test_size=10, progress=False)
+
+
+def test_a_sweeps_timeline_ends_once_even_when_a_middle_lr_diverges():
+    # sweep_lr goes on after a diverged lr: the monitor must not show the sweep as ended there
+    from bitkit.events import Event
+
+    seen = []
+    for i, reason in enumerate(["done", "diverged: loss nan", "done"]):
+        timeline = experiments._Timeline([seen.append], i, 3)
+        timeline(Event("start", 0, 10))
+        timeline(Event("step", 5, 10))
+        timeline(Event("end", 10, 10, reason=reason))
+    assert [e.kind for e in seen] == ["start", "step", "step", "step", "end"]
+    assert [e.step for e in seen if e.kind == "step"] == [5, 15, 25]
+    assert {e.total_steps for e in seen} == {30}
+    stopped = []
+    experiments._Timeline([stopped.append], 0, 3)(Event("end", 4, 10, reason="interrupted"))
+    assert [e.reason for e in stopped] == ["interrupted"]

@@ -193,7 +193,7 @@ def test_describe_upstream_says_how_the_shared_model_is_trained():
     assert "peak lr 0.1 (given)" in lesson.describe_upstream("R14x0.25", base_lr=0.1)
     assert lesson.SHARED_UPSTREAMS[0] | {"lessons": None} == dict(
         model="R14x0.25", upstream="world-upstream", size=50_000, steps=600, batch_size=128,
-        seed=0, lessons=None)  # the quickstart's defaults
+        seed=0, lessons=None)  # the rule-lr model of lessons 02, 04-07 and 09
 
 
 def test_describe_upstream_names_an_overridden_weight_decay_once():

@@ -85,3 +85,5 @@ def test_the_wheel_enables_the_save_hook_for_jupyter(wheel):
                      if n.endswith(".data/data/etc/jupyter/jupyter_server_config.d/bitkit.json")]
         assert json.loads(z.read(config)) == {
             "ServerApp": {"jpserver_extensions": {"bitkit.jupyter_extension": True}}}
+        # ... and inside the package, where `python -m bitkit.jupyter_extension` copies it from
+        assert z.read("bitkit/jupyter_config/bitkit.json") == z.read(config)
