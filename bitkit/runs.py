@@ -211,7 +211,9 @@ def resolve_parameters(notebook: str | os.PathLike, given: Mapping[str, Any],
     for key, value in merged.items():
         rule = parameter_rule(key, defaults[key], lesson_checks=lesson_checks, hardware=hardware)
         try:
-            rule(value)
+            # the checked value: a bare "world-texture" for a list parameter becomes a list of
+            # one, which the lesson can iterate (the raw text would be walked letter by letter)
+            merged[key] = rule(value)
         except inputs.Invalid as e:
             message = str(parameter_error(key, value, e)).replace("NOTEBOOK", name)
             line = doc.line((key,)) if doc and key not in given else None

@@ -250,3 +250,13 @@ def test_a_folder_or_a_binary_file_as_run_file_says_so(tmp_path, capsys):
     (tmp_path / "model.pt").write_bytes(b"\x89PNG\x00\x01")
     assert train_error(tmp_path / "model.pt", capsys).startswith(
         f"{tmp_path / 'model.pt'}: not a YAML file (not UTF-8 text")
+
+
+def test_bitkit_run_passes_the_checked_value_a_single_task_becomes_a_list():
+    # `bitkit run 07_duplicates.ipynb -p tasks world-texture`: the lesson loops over `tasks`;
+    # the raw text would be walked letter by letter, minutes into the run
+    from pathlib import Path
+
+    lesson07 = Path(__file__).resolve().parents[1] / "notebooks" / "07_duplicates.ipynb"
+    given = runs.resolve_parameters(lesson07, {"tasks": "world-texture", "k": 2})
+    assert given == {"tasks": ["world-texture"], "k": 2}
