@@ -348,6 +348,9 @@ def sweep_lr(task: str, start: ResNetV2 | str, lrs: Sequence[float], *, train_si
     """
     if not lrs:
         raise ValueError("sweep_lr: give at least one lr in lrs")
+    if train_size is None:
+        raise ValueError("sweep_lr holds out val_size training examples, so train_size must be "
+                         "a number (e.g. 1000), not None")
     train, val = data.vtab1k_split(data.load(task, "train", path=path), seed=seed,
                                    train=train_size, val=val_size, how="random")
     best_lr, best = None, None

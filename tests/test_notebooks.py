@@ -278,6 +278,27 @@ def test_a_bad_parameter_fails_in_the_first_cells(shared_cache, tmp_path):
     assert e.value.cell_index <= 3  # before any training
 
 
+@pytest.mark.parametrize("name, given, message", [
+    ("00_quickstart", {"train_size": None}, "parameter train_size = None"),
+    ("01_architecture", {"train_size": None}, "parameter train_size = None"),
+    ("01_architecture", {"micro_batch": None}, "parameter micro_batch = None"),
+    ("01_architecture", {"micro_batch": 32}, "parameter micro_batch = 32"),
+])
+def test_a_value_the_comparison_cannot_use_fails_in_the_check_cell(tmp_path, name, given,
+                                                                   message):
+    # values a generic rule accepts (train_size None means "all" elsewhere) but this lesson's
+    # fair comparison cannot use: a ParameterError in the check cell, not a TypeError later
+    import papermill
+    from papermill.exceptions import PapermillExecutionError
+
+    with pytest.raises(PapermillExecutionError) as e:
+        papermill.execute_notebook(str(NOTEBOOKS / f"{name}.ipynb"), str(tmp_path / "bad.ipynb"),
+                                   parameters=given, kernel_name="bitkit", cwd=str(tmp_path),
+                                   progress_bar=False)
+    assert e.value.ename == "ParameterError" and message in e.value.evalue
+    assert e.value.cell_index <= 3  # papermill's injected cell, then the check cell
+
+
 def test_02_a_pool_too_small_for_the_shots_fails_before_pre_training(shared_cache, tmp_path):
     # 200 world-objects images leave a class with 4: a 5-shot subset cannot be drawn. The
     # lesson says so where it loads the data, not minutes later after pre-training its grid.
