@@ -188,11 +188,28 @@ def parameter_error(name: str, value: Any, problem: Invalid) -> ParameterError:
                           f"parameters cell, or `bitkit run NOTEBOOK -p {name} VALUE`)")
 
 
+def _check_split_size(out: dict[str, Any], params: dict[str, Any]) -> None:
+    """``train_size`` (plus ``val_size`` when a lesson holds those out of the same split) must
+    fit in the task's training split, or a lesson fails minutes in, after pre-training."""
+    if not isinstance(out.get("train_size"), int) or not isinstance(out.get("task"), str):
+        return
+    try:
+        available = data.get_card(out["task"]).train_size
+    except UnknownDataset:  # a local path: its size is known once loaded
+        return
+    wanted = out["train_size"] + (out.get("val_size") or 0)
+    if available and wanted > available:
+        held = f" + val_size {out['val_size']}" if out.get("val_size") else ""
+        raise parameter_error("train_size", params["train_size"], Invalid("", problem=(
+            f"train_size{held} = {wanted} examples, but {out['task']!r} has {available:,} "
+            f"training examples; use at most {available - (out.get('val_size') or 0):,}")))
+
+
 def check_parameters(**params: Any) -> dict[str, Any]:
     """Check every given parameter (names from :data:`CHECKS`) and return them normalised.
 
-    Raises :class:`ParameterError` naming the first bad one. Cross-check: ``weights`` must fit
-    ``model``.
+    Raises :class:`ParameterError` naming the first bad one. Cross-checks: ``weights`` must fit
+    ``model``; ``train_size`` (+ ``val_size``) must fit in ``task``'s training split.
     """
     out = {}
     for name, value in params.items():
@@ -203,6 +220,7 @@ def check_parameters(**params: Any) -> dict[str, Any]:
             out[name] = CHECKS[name](value)
         except Invalid as e:
             raise parameter_error(name, value, e) from None
+    _check_split_size(out, params)
     if out.get("weights") and "model" in out:
         from bitkit import weights as w
 

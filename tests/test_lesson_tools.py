@@ -199,3 +199,13 @@ def test_describe_upstream_says_how_the_shared_model_is_trained():
 def test_describe_upstream_names_an_overridden_weight_decay_once():
     line = lesson.describe_upstream("R14x0.25", base_lr=0.1, weight_decay=0.0)
     assert "weight decay 0," in line and "weight_decay" not in line and "0.0001" not in line
+
+
+def test_train_size_must_fit_the_tasks_training_split_before_any_compute(tmp_path):
+    with pytest.raises(lesson.ParameterError, match=r"'digits' has 1,297 training examples; "
+                                                    r"use at most 1,047"):
+        lesson.check_parameters(task="digits", train_size=1200, val_size=250)
+    with pytest.raises(lesson.ParameterError, match="parameter train_size = 5000"):
+        lesson.check_parameters(task="world-objects", train_size=5000)
+    assert lesson.check_parameters(task="world-objects", train_size=1750, val_size=250)
+    assert lesson.check_parameters(task=str(tmp_path), train_size=10**6)  # a folder: size unknown yet

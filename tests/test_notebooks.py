@@ -283,11 +283,14 @@ def test_a_bad_parameter_fails_in_the_first_cells(shared_cache, tmp_path):
     ("01_architecture", {"train_size": None}, "parameter train_size = None"),
     ("01_architecture", {"micro_batch": None}, "parameter micro_batch = None"),
     ("01_architecture", {"micro_batch": 32}, "parameter micro_batch = 32"),
+    ("07_duplicates", {"train_size": 5000}, "parameter train_size = 5000"),
+    ("08_out_of_context", {"iid_size": 20000}, "parameter iid_size = 20000"),
 ])
 def test_a_value_the_comparison_cannot_use_fails_in_the_check_cell(tmp_path, name, given,
                                                                    message):
-    # values a generic rule accepts (train_size None means "all" elsewhere) but this lesson's
-    # fair comparison cannot use: a ParameterError in the check cell, not a TypeError later
+    # values a generic rule accepts (train_size None means "all" elsewhere) but this lesson
+    # cannot use (its comparison, its task's or upstream's split sizes): a ParameterError in
+    # the check cell, not a TypeError or IndexError minutes later
     import papermill
     from papermill.exceptions import PapermillExecutionError
 
