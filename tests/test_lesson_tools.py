@@ -209,3 +209,43 @@ def test_train_size_must_fit_the_tasks_training_split_before_any_compute(tmp_pat
         lesson.check_parameters(task="world-objects", train_size=5000)
     assert lesson.check_parameters(task="world-objects", train_size=1750, val_size=250)
     assert lesson.check_parameters(task=str(tmp_path), train_size=10**6)  # a folder: size unknown yet
+
+
+def _defaults(name):
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "notebooks" / f"{name}.ipynb"
+    nb = nbformat.read(str(path), as_version=4)
+    (cell,) = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+    p = {}
+    exec(cell.source, p)  # the parameters cell is plain assignments
+    return p
+
+
+def _default_upstreams(name):
+    """The upstream models lesson ``name`` pre-trains with its defaults (pretrain's arguments)."""
+    p = _defaults(name)
+    spec = lambda m, size, steps, lr: dict(  # noqa: E731
+        model=m, upstream=p["upstream"], size=size, steps=steps, batch_size=p["upstream_batch"],
+        seed=p.get("seed", 0), base_lr=lr)
+    if name.startswith("02"):  # the grid, its longer run, and the grid's first cell at the rule's lr
+        m, big = p["models"][0], max(p["upstream_sizes"])
+        return ([spec(a, n, p["upstream_steps"], p["upstream_lr"]) for a in p["models"]
+                 for n in p["upstream_sizes"]]
+                + [spec(m, big, p["upstream_steps"] * p["longer"], p["upstream_lr"]),
+                   spec(m, big, p["upstream_steps"], None)])
+    if name.startswith("08"):
+        return [spec(a, n, p["upstream_steps"], p["upstream_lr"]) for a, n in p["upstream_models"]]
+    return [spec(p["model"], p["upstream_size"], p["upstream_steps"], p.get("upstream_lr"))]
+
+
+@pytest.mark.parametrize("name", ["00_quickstart", "02_pretraining", "03_transfer", "04_few_shot",
+                                  "05_vtab", "06_error_browser", "07_duplicates",
+                                  "08_out_of_context", "09_released_bit"])
+def test_every_default_upstream_model_is_one_bitkit_prepare_builds(name):
+    # a lesson whose default model is not shared would pre-train in class, not before it
+    shared = [dict({k: v for k, v in u.items() if k != "lessons"}, base_lr=u.get("base_lr"))
+              for u in lesson.SHARED_UPSTREAMS if name[:2] in u["lessons"]]
+    wanted = _default_upstreams(name)
+    assert all(w in shared for w in wanted), (wanted, shared)
+    assert all(s in wanted for s in shared), "tagged with a lesson that does not use it"
