@@ -16,6 +16,7 @@ everything that differs:
 
 from __future__ import annotations
 
+import atexit
 import datetime
 import functools
 import json
@@ -151,6 +152,11 @@ def init(backend: str | None = None) -> DistInfo:
             "train alone, unset RANK/WORLD_SIZE. Slow nodes: raise "
             f"{TIMEOUT_ENV} (seconds)."
         ) from e
+    # A process that exits with its gloo group still open aborts now and then ("terminate called
+    # without an active exception", about 1 exit in 5 here) when its peer exits first: the
+    # whole job then fails after its work is done. `bitkit train` shuts down itself; this covers
+    # every other script that trains through bitkit under torchrun.
+    atexit.register(shutdown)
     return info
 
 
@@ -317,15 +323,39 @@ class Launched:
                 observer(event)
         code = self.process.wait()
         if code != 0:
-            tail = "\n".join(self.log.read_text(errors="replace").splitlines()[-40:])
-            raise RuntimeError(f"the launched job exited with code {code}; end of {self.log}:\n"
-                               f"{tail}")
+            raise RuntimeError(f"the launched job exited with code {code} ({self.log} has all "
+                               f"its output).\n{failure_summary(self.log.read_text(errors='replace'))}")
         return code
 
     def stop(self) -> None:
         """Preempt the job: torchrun forwards SIGTERM, each rank checkpoints and exits."""
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
+
+
+# torchrun's own report of a failed job starts with a line like
+# "E1202 16:54:33.168000 6849 .../elastic/multiprocessing/api.py:1002] failed (exitcode: -6) ..."
+_AGENT_FAILED = re.compile(r"^[EW]\d{4} .*elastic/multiprocessing/api\.py:\d+\] failed \(exitcode")
+_AGENT_NOTE = re.compile(r"^[IWE]\d{4} \d\d:\d\d:\d\d\.\d+ \d+ .*torch/distributed/")
+
+
+def failure_summary(log: str, lines: int = 30) -> str:
+    """What a failed job's log says about why: the ranks' own last lines, then torchrun's root cause.
+
+    The tail of the log alone is torchrun's traceback of itself; the rank's real error (a Python
+    traceback, or a C++ "terminate called ..." before a SIGABRT) comes before it.
+    """
+    text = log.splitlines()
+    cut = next((i for i, line in enumerate(text) if _AGENT_FAILED.match(line)), None)
+    if cut is None:  # not torchrun's failure report (killed, or torchrun itself failed)
+        return "\n".join(["last lines of the output:", *text[-lines:]])
+    ranks = [line for line in text[:cut] if not _AGENT_NOTE.match(line)][-lines:]
+    out = ["last lines of the ranks' output:", *(ranks or ["(none)"])]
+    marker = "Root Cause (first observed failure):"
+    if marker in text:
+        out += ["torchrun's root cause:", *(line for line in text[text.index(marker) + 1:]
+                                            if line.strip() and not line.startswith("="))]
+    return "\n".join(out)
 
 
 def torchrun(args: Sequence[str], *, metrics: str | os.PathLike, nproc_per_node: int = 2,
