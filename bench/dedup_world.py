@@ -8,7 +8,9 @@ images, 600 steps; cached), then searches them with
 - ``cosine``: the cosine of the pre-logits alone (``verify=False``), scored at the fixed
   threshold and at its best-F1 threshold, which can only be found *with* the ground truth;
 - ``verified``: the two-arm search with pixel verification (bitkit's default), at the fixed
-  ``DEFAULT_THRESHOLD``.
+  ``DEFAULT_THRESHOLD``, each score read against the test image's runner-up
+  (``DuplicateReport.flags``: a distinct best neighbour counts from 0.90, a crowd of similar
+  pictures only when near-identical).
 
 It prints recall, precision (planted pairs and confirmed look-alikes count as right), the
 precision on planted pairs alone, the counts of look-alikes and false positives, and the

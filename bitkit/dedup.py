@@ -15,7 +15,11 @@ The search here has two stages, as large-scale copy detection does:
 - **verification** of every candidate in pixel space (:func:`bitkit.pixel_match.verify`): detail
   and colours compared at the best shift, one **pixel score** per pair. Neighbours are ranked by
   it, and a pair is a duplicate when it reaches ``threshold`` (``DEFAULT_THRESHOLD``, fixed: the
-  score means the same for every model and dataset, so it is not tuned per run);
+  score means the same for every model and dataset, so it is not tuned per run), read against
+  the test image's other neighbours, as a ratio test reads a match (:meth:`DuplicateReport.flags`):
+  a best neighbour far ahead of the runner-up (a copy JPEG left little detail in) needs a little
+  less, and a pair no better than the crowd of pictures behind it (shared backgrounds, plain
+  frames) counts only when its pictures are near-identical;
 - an **exact-hash pass**: identical images (same bytes) are duplicates whatever the scores say.
 
 Why not the pre-logits alone (``verify=False``, the plain cosine search kept for comparison):
@@ -66,6 +70,17 @@ SCORE_PARTS = ("cosine", "detail", "colour_error", "pixel_error")
 #: this RMS (0..1 scale): closer than the embedded world's planted pixel-noise copies are to
 #: their originals (uniform noise of amplitude 20/255: 4.5% RMS).
 LOOKALIKE_ERROR = 0.05
+#: Ratio-test rules of a verified search (DuplicateReport.flags), read from each test image's
+#: own neighbours, never from ground truth. A best neighbour at least DISTINCT_MARGIN above the
+#: runner-up is *distinct*: no other upstream picture comes close, as for a JPEG copy whose
+#: detail the compression blurred; it counts from threshold - DISTINCT_SLACK.
+DISTINCT_MARGIN = 0.25
+DISTINCT_SLACK = 0.05
+#: A best neighbour less than CROWD_MARGIN above the runner-up stands in a *crowd* of similar
+#: pictures (one background with different small objects, plain frames): there a score at the
+#: threshold is not evidence of a copy, and a neighbour counts only when the aligned pictures
+#: are near-identical (pixel error <= LOOKALIKE_ERROR).
+CROWD_MARGIN = 0.05
 #: Neighbours per test image each retrieval arm hands to verification, per upstream block.
 DEFAULT_CANDIDATES = 10
 DEFAULT_BLOCK = 16384
@@ -287,9 +302,9 @@ class VerifiedTopK:
     pre-logits and the ``candidates`` nearest by pixel signature (best of the signature shifts)
     are verified (:func:`bitkit.pixel_match.verify`); the best ``k`` verified neighbours so far
     are kept with their pixel score, its parts and their cosine. Memory: the test images'
-    vectors, signatures and prepared pictures (about 40 KB a test image), the running top-k,
-    and one block (about 33 KB an upstream image prepared: 540 MB for the default 16,384), so
-    a smaller ``block_size`` bounds it on a small machine.
+    vectors, signatures (at 49 shifts) and prepared pictures (about 70 KB a test image), the
+    running top-k, and one block (about 33 KB an upstream image prepared: 540 MB for the
+    default 16,384), so a smaller ``block_size`` bounds it on a small machine.
     """
 
     def __init__(self, vectors: ArrayLike, thumbnails: ArrayLike, k: int = 3, *,
@@ -417,27 +432,64 @@ class DuplicateReport:
         return {name: getattr(self, name) for name in SCORE_PARTS
                 if getattr(self, name) is not None}
 
+    def flags(self, threshold: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Which neighbours are duplicates at ``threshold``: (Q, k) booleans, and (Q,) booleans
+        marking the test images whose best neighbour counts *only* because it is distinct
+        (flagged below the threshold).
+
+        Cosine reports, and verified ones with k = 1 (no runner-up to read): the score reaches
+        the threshold. Verified reports read each test image's best score ``s1`` against its
+        runner-up ``s2``:
+
+        - ``s1 - s2 >= DISTINCT_MARGIN``: the best neighbour is distinct and counts from
+          ``threshold - DISTINCT_SLACK`` (a heavy JPEG copy keeps the shapes but not all the
+          detail: 0.89-0.95 on the embedded world, with the runner-up 0.4-0.8);
+        - ``s1 - s2 < CROWD_MARGIN``: the test image sits in a crowd of similar pictures, and a
+          neighbour there counts only when it also is near-identical (``pixel_error <=
+          LOOKALIKE_ERROR``). On the embedded world this is what made most false positives:
+          one background with different small objects, fine textures taken for plain frames.
+
+        The margins read the scores of the same search, so they mean the same for every dataset;
+        the more upstream images, the closer the runner-up and the stricter the distinct rule.
+        """
+        t = self._threshold(threshold)
+        s = self.similarity
+        flagged = s >= t
+        distinct = np.zeros(len(s), dtype=bool)
+        if self.score_name != "pixel" or s.shape[1] < 2 or self.pixel_error is None:
+            return flagged, distinct
+        with np.errstate(invalid="ignore"):  # -inf - -inf: no neighbour at all (nan: no rule)
+            gap = s[:, 0] - s[:, 1]  # +inf when the upstream side had a single image
+        crowded = gap < CROWD_MARGIN
+        flagged &= ~(crowded[:, None] & ~(self.pixel_error <= LOOKALIKE_ERROR))
+        distinct = (gap >= DISTINCT_MARGIN) & (s[:, 0] >= t - DISTINCT_SLACK) & (s[:, 0] < t)
+        flagged[:, 0] |= distinct
+        return flagged, distinct
+
     def pairs(self, threshold: float | None = None) -> list[dict[str, Any]]:
         """Duplicate pairs at ``threshold`` (default: the report's), most similar first.
 
-        A pair is a neighbour whose score reaches the threshold, or an exact copy (flag
-        ``exact``). Rows of a verified search also carry ``cosine``, ``detail``,
-        ``colour_error`` and ``pixel_error``.
+        A pair is a neighbour :meth:`flags` marks, or an exact copy (flag ``exact``). Rows of a
+        verified search also carry ``cosine``, ``detail``, ``colour_error``, ``pixel_error``
+        and ``distinct`` (below the threshold, flagged because no other upstream picture comes
+        close).
         """
-        t = self._threshold(threshold)
         extra = self._parts()
         found: dict[tuple[str, str], dict[str, Any]] = {}
-        qi, r = np.nonzero(self.similarity >= t)
+        flagged, distinct = self.flags(threshold)
+        qi, r = np.nonzero(flagged)
         for i, j in zip(qi, r, strict=True):
             found[(str(self.query_ids[i]), str(self.neighbour_ids[i, j]))] = {
                 "similarity": float(self.similarity[i, j]), "rank": int(j),
-                **{name: float(a[i, j]) for name, a in extra.items()}}
+                **{name: float(a[i, j]) for name, a in extra.items()},
+                **({"distinct": bool(distinct[i] and j == 0)} if extra else {})}
         exact = set(self.exact)
         rows = [{"downstream_id": d, "upstream_id": u, **v, "exact": (d, u) in exact}
                 for (d, u), v in found.items()]
         for d, u in sorted(exact - set(found)):
             rows.append({"downstream_id": d, "upstream_id": u, "similarity": 1.0, "rank": None,
-                         **dict.fromkeys(extra), "exact": True})
+                         **dict.fromkeys(extra), **({"distinct": False} if extra else {}),
+                         "exact": True})
         rows.sort(key=lambda x: (-x["similarity"], x["downstream_id"], x["upstream_id"]))
         return rows
 

@@ -1,5 +1,8 @@
 """bitkit.dedup: exact blocked k-NN, planted near-duplicates found, Table 1 shape."""
 
+from pathlib import Path
+
+import nbformat
 import numpy as np
 import pytest
 import torch
@@ -131,10 +134,11 @@ def test_verified_search_finds_the_planted_pairs_of_every_host(lesson_model, wor
     path a real dataset takes) and through embed + search; the plain cosine search does far
     worse even at its best threshold, picked with the truth.
 
-    Measured (world seeds 0 and 1; R, P = recall, precision):
-    objects R 0.975 / 0.95  P 1.0 / 1.0;  fine R 0.975  P 0.975;  texture R 0.95  P 0.957
-    (230 look-alikes, flat frames);  count R 0.925  P 1.0.  Cosine alone: best F1 0.27-0.44.
-    Asserted: every host R >= 0.9, the mean over hosts R >= 0.95, every host P >= 0.9.
+    Measured (world seeds 0 / 1, 2 Dec 2026; R, P = recall, precision): objects R 1.0 / 0.975
+    P 1.0 / 1.0;  fine R 1.0 / 1.0  P 0.952 / 1.0;  texture R 0.975 / 0.95  P 0.975 / 0.978
+    (about 230 look-alikes, plain frames);  count R 0.975 / 0.975  P 1.0 / 1.0; mean R 0.9875 /
+    0.975. Cosine alone: best F1 0.27-0.44. Asserted: every host R >= 0.925 and P >= 0.9, the
+    mean over hosts R >= 0.96.
     """
     upstream = data.preprocess(data.load("world-upstream", "train", size=SEARCH,
                                          seed=world_seed), train=False)
@@ -151,14 +155,14 @@ def test_verified_search_finds_the_planted_pairs_of_every_host(lesson_model, wor
         assert rep.score_name == "pixel" and rep.threshold == dedup.DEFAULT_THRESHOLD
         at = rep.sweep(truth, [rep.threshold])[0]
         recalls[host] = at["recall"]
-        assert at["recall"] >= 0.9 and at["precision"] >= 0.9, (host, at)
+        assert at["recall"] >= 0.925 and at["precision"] >= 0.9, (host, at)
         if host != "world-texture":  # flat texture frames repeat: look-alikes, counted apart
             assert at["planted_precision"] >= 0.9, (host, at)
         if host == world.duplicates.HOST:
             cosine = dedup.search(dedup.embed(lesson_model, test, progress=False), index,
                                   verify=False)
             assert max(r["f1"] for r in cosine.sweep(truth)) < 0.6
-    assert sum(recalls.values()) / len(recalls) >= 0.95, recalls
+    assert sum(recalls.values()) / len(recalls) >= 0.96, recalls
 
 
 @pytest.mark.parametrize("verify", [True, False])
@@ -228,6 +232,49 @@ def test_outcomes_sort_flagged_pairs_into_kinds():
     assert (row["true_positives"], row["look_alikes"], row["false_positives"]) == (1, 1, 1)
     assert row["precision"] == pytest.approx(2 / 3)
     assert row["planted_precision"] == pytest.approx(1 / 3) and row["recall"] == pytest.approx(1 / 3)
+
+
+def test_a_score_is_read_against_the_runner_up_like_a_ratio_test():
+    """flags(): a distinct best neighbour (DISTINCT_MARGIN ahead of the runner-up) counts from
+    threshold - DISTINCT_SLACK; in a crowd (best less than CROWD_MARGIN ahead) a neighbour counts
+    only when its pictures are near-identical; otherwise the plain threshold."""
+    t = dedup.DEFAULT_THRESHOLD
+    sims = np.array([[0.92, 0.60, 0.50],   # distinct JPEG-like copy below t: flagged
+                     [0.89, 0.55, 0.50],   # distinct, but below t - slack: not flagged
+                     [0.93, 0.80, 0.70],   # below t, runner-up too close to be distinct
+                     [0.96, 0.95, 0.94],   # a crowd at t: only near-identical pictures count
+                     [0.99, 0.60, 0.50]],  # plain case
+                    np.float32)
+    err = np.array([[0.10, 0.2, 0.2], [0.1, 0.2, 0.2], [0.1, 0.2, 0.2],
+                    [0.08, 0.03, 0.09], [0.10, 0.2, 0.2]], np.float32)
+    ids = np.array([f"d{i}" for i in range(5)])
+    nbrs = np.array([[f"u{i}{j}" for j in range(3)] for i in range(5)])
+    rep = dedup.DuplicateReport(ids, nbrs, sims, meta={"score": "pixel"}, pixel_error=err)
+    flagged, distinct = rep.flags()
+    assert flagged.tolist() == [[True, False, False], [False] * 3, [False] * 3,
+                                [False, True, False], [True, False, False]]
+    assert distinct.tolist() == [True, False, False, False, False]
+    rows = {(r["downstream_id"], r["upstream_id"]): r for r in rep.pairs()}
+    assert set(rows) == {("d0", "u00"), ("d3", "u31"), ("d4", "u40")}
+    assert rows["d0", "u00"]["distinct"] and not rows["d4", "u40"]["distinct"]
+    # the rules move with the threshold: a sweep stays monotone
+    assert rep.flags(0.97)[0][0, 0] and not rep.flags(0.98)[0][0, 0]
+    assert rep.count(0.5) >= rep.count(0.9) >= rep.count(t) >= rep.count(0.99)
+    # a cosine report, or k = 1 (no runner-up to read), keeps the plain threshold
+    cosine = dedup.DuplicateReport(ids, nbrs, sims)
+    assert cosine.flags()[0].tolist() == (sims >= t).tolist()
+    single = dedup.DuplicateReport(ids, nbrs[:, :1], sims[:, :1], meta={"score": "pixel"},
+                                   pixel_error=err[:, :1])
+    assert single.flags()[0][:, 0].tolist() == [False, False, False, True, True]
+    # lesson 07 and its solutions state the rule with these numbers
+    root = Path(__file__).resolve().parents[1]
+    lesson = "".join(c.source for c in nbformat.read(str(root / "notebooks/07_duplicates.ipynb"),
+                                                       as_version=4).cells)
+    solution = (root / "notebooks/solutions/07_duplicates.md").read_text()
+    stated = (f"{dedup.DISTINCT_MARGIN:.2f} or more above its second best", f"counts from "
+              f"{t - dedup.DISTINCT_SLACK:.2f}", f"less than {dedup.CROWD_MARGIN:.2f} above")
+    assert all(" ".join(x.split()) in " ".join(lesson.split()) for x in stated)
+    assert f"at least {dedup.DISTINCT_MARGIN:.2f} above the runner-up" in " ".join(solution.split())
 
 
 def test_sweep_known_answers():

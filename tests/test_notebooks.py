@@ -934,23 +934,24 @@ def test_07_duplicates(shared_cache, tmp_path):
     worked solutions; every figure is checked against the numbers the lesson computed.
 
     Measured with these parameters over seeds 0, 1, 2 (the upstream model's and fine-tuning's
-    seed; the world and its planted pairs are fixed), 2 Dec 2026: world-objects recall 0.975 at
-    every seed, precision 1.0 (39 found, one look-alike); world-count 37 of 40 found at every
-    seed, precision 1.0; the cosine search at its best threshold (0.98 every seed, picked with
-    the truth) precision 0.50 / 0.18 / 0.60, recall 0.10 / 0.175 / 0.15; Full - Dedup +0.2 /
-    +0.4 / -0.1 (world-objects) and -0.4 / -0.2 / -0.4 (world-count) points. Margins: recall
-    and per-task found >= 0.9 (0.025 below the lowest), precision >= 0.9, cosine precision and
-    recall < 0.7 (0.1 above the highest), |Full - Dedup| < 3 points."""
+    seed; the world and its planted pairs are fixed), 2 Dec 2026, with the ratio-test reading
+    of the scores: world-objects recall 1.0 at every seed, precision 1.0 (40 found, one
+    look-alike); world-count 39 / 39 / 38 of 40 found, precision 1.0; the cosine search at its
+    best threshold (0.98 every seed, picked with the truth) precision 0.50 / 0.18 / 0.55, recall
+    0.10 / 0.15 / 0.15; Full - Dedup +0.2 / +0.3 / -0.2 (world-objects) and -0.4 / -0.2 / -0.3
+    (world-count) points. Margins: headline recall >= 0.95 (0.05 below the lowest), per-task
+    found >= 0.925 (0.025 below the lowest), precision >= 0.9, cosine precision and recall < 0.7
+    (0.15 above the highest), |Full - Dedup| < 3 points."""
     params = dict(search_size=5000, train_size=300, steps=40,
                   tasks=["world-objects", "world-count"])
     m = run("07_duplicates", tmp_path, solutions=True, **UPSTREAM, **params)
     assert m["planted"] == 40 and m["threshold"] == 0.95  # fixed, not picked on the truth
-    assert m["recall"] >= 0.9 and m["precision"] >= 0.9
+    assert m["recall"] >= 0.95 and m["precision"] >= 0.9
     assert m["cosine_precision"] < 0.7 and m["cosine_recall"] < 0.7
     for name, t in m["tasks"].items():
         assert t["planted"] == 40 and t["test_size"] == 1000
         assert t["found"] + t["missed"] == t["planted"]
-        assert t["found"] / t["planted"] >= 0.9, (name, t)
+        assert t["found"] / t["planted"] >= 0.925, (name, t)
         flagged = t["found"] + t["look_alikes"] + t["false_positives"]
         assert (t["found"] + t["look_alikes"]) / flagged >= 0.9, (name, t)
         assert 1 <= t["dups"] <= flagged  # Table 1's Dups: test images with a flagged pair

@@ -533,6 +533,19 @@ def test_duplicate_inspector_shows_found_missed_false_and_look_alikes():
     assert "view: missed" in panel.static_html() and panel.error is None
 
 
+def test_duplicate_inspector_says_why_a_pair_below_the_threshold_is_flagged():
+    sims = np.array([[0.92, 0.55], [0.97, 0.60]], np.float32)  # both far ahead of the runner-up
+    report = DuplicateReport(np.array(["t:0", "t:1"]), np.array([["u:0", "u:2"], ["u:1", "u:3"]]),
+                             sims, threshold=0.95, meta={"score": "pixel"},
+                             pixel_error=np.full((2, 2), 0.1, np.float32))
+    panel = DuplicateInspector(report, downstream=Named("t", 2), upstream=Named("u", 4))
+    html = {p["downstream_id"]: row.children[0].value
+            for p, row in zip(panel.pairs, panel.list.children, strict=True)}
+    assert set(html) == {"t:0", "t:1"}  # 0.92: flagged as a distinct best match
+    assert "distinct: far above the runner-up" in html["t:0"]
+    assert "distinct" not in html["t:1"]  # above the threshold: no rule needed
+
+
 # ---------------------------------------------------------------------------------- OOC
 
 

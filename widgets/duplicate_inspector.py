@@ -260,6 +260,7 @@ class DuplicateInspector(Panel):
                 f"{self._picture(self._down, p['downstream_id'], border)}"
                 f"{self._picture(self._up, p['upstream_id'], border)}<div>"
                 f"<b>{score}</b>{' · exact copy' if p.get('exact') else ''}"
+                f"{' · distinct: far above the runner-up' if p.get('distinct') else ''}"
                 f"{'<br>' + ' · '.join(parts) if parts else ''}"
                 f"<br>test: {html.escape(p['downstream_id'])}<br>upstream: "
                 f"{html.escape(p['upstream_id'])}<br>{badge}"
