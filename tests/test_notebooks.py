@@ -713,6 +713,23 @@ def test_05_takes_the_random_search_trials_of_bitkit_sweep():
         assert runs.resolve_parameters(nb, trial) == trial
 
 
+def test_05_quotes_its_defaults_as_recorded_in_bench():
+    """Lesson 05's prose numbers are bench/README.md's recorded runs of its defaults."""
+    bench = (NOTEBOOKS.parent / "bench" / "README.md").read_text()
+    rows = re.findall(r"^\| (\d) \| ([\d.]+) \| ([\d.]+) \| ([\d.]+) \| [+-][\d.]+ \| ([+-][\d.]+) \|$",
+                      bench.split("## Lesson 05 at its defaults", 1)[1].split("\n## ", 1)[0],
+                      re.MULTILINE)
+    assert [r[0] for r in rows] == ["0", "1", "2"]
+    text = " ".join("".join(c.source for c in _cells(NOTEBOOKS / "05_vtab.ipynb")).split())
+    compressed, own = {r[1] for r in rows}, {r[2] for r in rows}
+    assert len(compressed) == len(own) == 1  # the rule does not depend on the search seed
+    searches = " / ".join(r[3] for r in rows)
+    assert (f"the compressed rule scored {compressed.pop()} and the search {searches}; the rule "
+            f"with its own 500 steps scored {own.pop()}, {rows[0][4].lstrip('+')} points behind "
+            "the search at seed 0 and ahead at seeds 1 and 2") in text
+    assert [float(r[4]) > 0 for r in rows] == [True, False, False]
+
+
 def test_05_vtab_split_is_official_or_random(tmp_path):
     with pytest.raises(runs.NotebookFailed) as e:  # checked before any data or model
         runs.run_notebook(NOTEBOOKS / "05_vtab.ipynb", {"vtab_split": "first"}, tmp_path / "bad",
