@@ -14,7 +14,9 @@ images, 600 steps; cached), then searches them with
 
 It prints recall, precision (planted pairs and confirmed look-alikes count as right), the
 precision on planted pairs alone, the counts of look-alikes and false positives, and the
-search time (embedding excluded; the same embeddings serve both methods).
+search time (embedding excluded; the same embeddings serve both methods). It ends with the
+verified search pooled over the seeds per host (a 40-pair test set moves recall in steps of
+0.025, so one seed's cell is a noisy estimate) and its recall on JPEG copies by quality.
 
     python bench/dedup_world.py [--seeds 0 1 2] [--search 20000] [--hosts world-objects ...]
 """
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections import Counter
 
 import torch
 
@@ -45,6 +48,8 @@ def main() -> None:
           f"fixed threshold {dedup.DEFAULT_THRESHOLD}, torch threads {a.threads}")
     print(f"{'seed':>4} {'host':<14} {'method':<22} {'recall':>7} {'prec.':>6} {'planted':>8} "
           f"{'look-al.':>8} {'false+':>7} {'search s':>9}")
+    pooled = {host: Counter() for host in a.hosts}
+    jpeg = Counter()
     for seed in a.seeds:
         up = data.preprocess(data.load("world-upstream", "train", size=a.search, seed=seed),
                              train=False)
@@ -71,6 +76,37 @@ def main() -> None:
                 print(f"{seed:>4} {host:<14} {method:<22} {fmt(r['recall']):>7} "
                       f"{fmt(r['precision']):>6} {fmt(r['planted_precision']):>8} "
                       f"{r['look_alikes']:>8} {r['false_positives']:>7} {t:>9.1f}", flush=True)
+            _pool(pooled[host], jpeg, verified.outcomes(truth), truth, seed, host)
+    _print_pooled(pooled, jpeg, a.seeds)
+
+
+def _pool(total: Counter, jpeg: Counter, outcomes: dict, truth: list, seed: int,
+          host: str) -> None:
+    """Add one search's outcomes to the host's totals and to the JPEG copies by quality."""
+    total.update(found=len(outcomes["found"]), missed=len(outcomes["missed"]),
+                 look=len(outcomes["look_alikes"]), false=len(outcomes["false_positives"]))
+    missed = {m["downstream_id"] for m in outcomes["missed"]}
+    position = {world.duplicates.test_position(p): p for p in range(world.duplicates.PLANTED)}
+    for pair in truth:
+        if pair.perturbation == "jpeg":
+            p = position[int(pair.downstream_id.rsplit(":", 1)[1])]
+            band = world.duplicates.perturbation(seed, p, host)["quality"] // 10 * 10
+            jpeg[band, "copies"] += 1
+            jpeg[band, "missed"] += pair.downstream_id in missed
+
+
+def _print_pooled(pooled: dict[str, Counter], jpeg: Counter, seeds: list[int]) -> None:
+    print(f"\nverified @ fixed, pooled over seeds {', '.join(map(str, seeds))}:")
+    for host, c in pooled.items():
+        planted, right = c["found"] + c["missed"], c["found"] + c["look"]
+        flagged = right + c["false"]
+        print(f"  {host:<14} found {c['found']:>4} of {planted:<4} recall {c['found'] / planted:.3f}"
+              f"   precision {right / flagged if flagged else float('nan'):.3f}"
+              f" ({c['look']} look-alikes, {c['false']} false)")
+    print("JPEG copies by quality (every host):")
+    for band in sorted({b for b, _ in jpeg}):
+        n, m = jpeg[band, "copies"], jpeg[band, "missed"]
+        print(f"  q{band}-{band + 9}: {n:>4} copies, {m:>3} missed ({m / n:.0%})")
 
 
 if __name__ == "__main__":

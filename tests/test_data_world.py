@@ -313,3 +313,40 @@ def test_tasks_without_label_noise_give_the_data_they_always_gave():
         assert zlib.crc32(ds.labels(np.arange(len(ds))).astype(np.int64).tobytes()) == crc, key
     images, _ = load("world-objects", "test").render(np.arange(0, 1000, 25))
     assert zlib.crc32(images.numpy().tobytes()) == 2588435740
+
+
+def test_perturbation_says_exactly_what_each_test_copy_underwent():
+    """``perturbation`` is what ``perturbed_scene`` applies, so a bench can break results down by
+    it (JPEG quality, shift size): redoing each recorded step on the unperturbed picture gives
+    the test copy back, byte for byte."""
+    import io
+
+    from PIL import Image
+
+    from bitkit.data.world import duplicates
+
+    qualities = []
+    for host in duplicates.HOSTS:
+        for p in range(8):
+            how = duplicates.perturbation(3, p, host)
+            assert how["kind"] == duplicates.PERTURBATIONS[p % 4]
+            img = duplicates.pair_scene(3, p, 32, host).astype(np.float32)
+            if how["kind"] == "shift":
+                assert 1 <= how["dy"] <= 3 and 1 <= how["dx"] <= 3
+                img = np.pad(img, ((0, 0), (how["dy"], 0), (how["dx"], 0)), mode="edge")[:, :32, :32]
+            elif how["kind"] == "noise":
+                img += duplicates.noise_bank(32)[how["pattern"]] * how["amplitude"]
+            elif how["kind"] == "colour":
+                assert all(0.8 <= g <= 1.2 for g in how["gains"])
+                img *= np.asarray(how["gains"], np.float32)[:, None, None]
+            else:
+                qualities.append(how["quality"])
+                buf = io.BytesIO()
+                Image.fromarray(img.astype(np.uint8).transpose(1, 2, 0)).save(
+                    buf, "JPEG", quality=how["quality"])
+                img = np.asarray(Image.open(buf).convert("RGB"), np.float32).transpose(2, 0, 1)
+            expected = np.clip(img + 0.5, 0, 255).astype(np.uint8)
+            assert np.array_equal(duplicates.perturbed_scene(3, p, 32, host), expected), (host, p)
+    assert all(30 <= q <= 69 for q in qualities) and len(set(qualities)) > 1
+    with pytest.raises(ValueError, match="host"):
+        duplicates.perturbation(0, 0, "world-orientation")

@@ -139,23 +139,39 @@ def pair_scene(seed: int, p: int, size: int, host: str = HOST) -> np.ndarray:
     return np.frombuffer(raw, np.uint8).reshape(3, size, size).copy()
 
 
-def perturbed_scene(seed: int, p: int, size: int, host: str = HOST) -> np.ndarray:
-    """The perturbed image of pair ``p`` of ``host`` as it appears in the host's test split."""
-    img = pair_scene(seed, p, size, host).astype(np.float32)
+def perturbation(seed: int, p: int, host: str = HOST) -> dict[str, object]:
+    """How pair ``p`` of ``host`` is perturbed in the test split: ``{"kind": ...}`` (one of
+    ``PERTURBATIONS``, by ``p % 4``) and its drawn parameters: ``dy``/``dx`` (pixels the picture
+    moves down/right), ``pattern``/``amplitude`` (which noise pattern, in 0..255 units),
+    ``gains`` (per RGB channel) or ``quality`` (JPEG, 30-69)."""
+    _check_host(host)
     stream = "world-dup-perturb" if host == HOST else f"world-dup-perturb/{host}"
     u = rng.uniform(rng.keys(seed, stream, np.array([p])), 4)[0]
     kind = PERTURBATIONS[p % 4]
     if kind == "shift":
-        dy, dx = 1 + int(u[0] * 3), 1 + int(u[1] * 3)
+        return {"kind": kind, "dy": 1 + int(u[0] * 3), "dx": 1 + int(u[1] * 3)}
+    if kind == "noise":
+        return {"kind": kind, "pattern": int(u[0] * 16), "amplitude": 20.0}
+    if kind == "colour":
+        return {"kind": kind, "gains": tuple(float(g) for g in 0.8 + 0.4 * u[:3])}
+    return {"kind": kind, "quality": 30 + int(u[0] * 40)}
+
+
+def perturbed_scene(seed: int, p: int, size: int, host: str = HOST) -> np.ndarray:
+    """The perturbed image of pair ``p`` of ``host`` as it appears in the host's test split."""
+    img = pair_scene(seed, p, size, host).astype(np.float32)
+    how = perturbation(seed, p, host)
+    if how["kind"] == "shift":
+        dy, dx = how["dy"], how["dx"]
         img = np.pad(img, ((0, 0), (dy, 0), (dx, 0)), mode="edge")[:, :size, :size]
-    elif kind == "noise":
-        img += noise_bank(size)[int(u[0] * 16)] * 20.0
-    elif kind == "colour":
-        img *= (0.8 + 0.4 * u[:3])[:, None, None]
+    elif how["kind"] == "noise":
+        img += noise_bank(size)[how["pattern"]] * how["amplitude"]
+    elif how["kind"] == "colour":
+        img *= np.asarray(how["gains"], np.float32)[:, None, None]
     else:  # jpeg
         buf = io.BytesIO()
         Image.fromarray(img.astype(np.uint8).transpose(1, 2, 0)).save(buf, "JPEG",
-                                                                      quality=30 + int(u[0] * 40))
+                                                                      quality=how["quality"])
         img = np.asarray(Image.open(buf).convert("RGB"), np.float32).transpose(2, 0, 1)
     return np.clip(img + 0.5, 0, 255).astype(np.uint8)
 
