@@ -1,6 +1,6 @@
 """Does transfer matter on the embedded world? Pre-trained vs from scratch, at equal steps.
 
-BiT's claims (paper sections 1, 4.1, Fig. 5): a representation pre-trained on a large upstream
+BiT's claims (paper sections 1, 4.1, Figs. 4-5): a representation pre-trained on a large upstream
 set beats the same architecture trained from scratch downstream, more upstream data helps, and
 larger models help (most when there is enough upstream data). This script measures all three on
 the embedded world, through the same spine the notebooks use (``experiments.pretrain`` and
@@ -10,7 +10,7 @@ arms, per model size
     scratch   the architecture, randomly initialised, fine-tuned with the same recipe;
     small     pre-trained on ``--small-upstream`` distinct upstream images;
     large     pre-trained on ``--upstream-size`` distinct upstream images (same steps: only the
-              amount of distinct data differs, as in Fig. 5's dataset-size axis).
+              amount of distinct data differs, as along the dataset axis of Figs. 4-5).
 
 Every arm is fine-tuned for the same ``--steps`` on the same ``--train-size`` examples of every
 task (VTAB-1k style), and gets its own best ``base_lr`` from ``--lrs``: a from-scratch model

@@ -974,6 +974,13 @@ def test_07_duplicates(shared_cache, tmp_path):
         assert 1 <= t["dups"] <= flagged  # Table 1's Dups: test images with a flagged pair
         assert abs(t["full"] - t["dedup"]) < 3  # supplementary B: duplicates barely move it
     out = tmp_path / "07_duplicates"
+    # the DuplicateInspector's static view, reopened without a kernel: its counts are the run's
+    executed = (out / "07_duplicates.ipynb").read_text()
+    assert "Near-duplicates (static copy, view: " in executed
+    objects = m["tasks"]["world-objects"]
+    for count, kind in ((objects["found"], "found"), (objects["missed"], "missed"),
+                        (objects["false_positives"], "false positives")):
+        assert re.search(rf">{count} {kind}</span>", executed), (count, kind)
 
     # figure 1: the bars of each kind are the counts of the table (every task, every kind)
     (kinds,) = figures(out, "Flagged pairs by kind")

@@ -1,4 +1,4 @@
-"""Transfer matters on the embedded world: what the world is built to teach (paper 1, 4.1, Fig. 5).
+"""Transfer matters on the embedded world: what the world is built to teach (paper 1, 4.1, Figs. 4-5).
 
 A fast configuration of ``bench/world_transfer.py`` (which measures every task and the model
 size axis at 3x the upstream budget; its numbers are in ``bench/README.md``): R14x0.25
