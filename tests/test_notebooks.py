@@ -714,6 +714,24 @@ def test_05_takes_the_random_search_trials_of_bitkit_sweep():
         assert runs.resolve_parameters(nb, trial) == trial
 
 
+def test_02_reference_table_is_the_bench_record():
+    """Lesson 02's reference table is bench/README.md's pretraining_effects.py record, row for
+    row, and its prose quotes the gains that table gives."""
+    bench = (NOTEBOOKS.parent / "bench" / "README.md").read_text()
+    record = bench.split("## pretraining_effects.py", 1)[1].split("\n## ", 1)[0]
+    row = re.compile(r"^\| R\d+x[\d.]+ \| .+ \|$", re.MULTILINE)
+    rows = row.findall(record)
+    lesson = "".join(c.source for c in _cells(NOTEBOOKS / "02_pretraining.ipynb"))
+    assert len(rows) == 8 and row.findall(lesson) == rows
+    cell = {tuple(c.strip() for c in r.strip("|").split("|")[:3]): r for r in rows}
+    one_shot = {k: float(r.strip("|").split("|")[4]) for k, r in cell.items()}
+    text = " ".join(lesson.split())
+    gain = one_shot["R26x0.25", "50,000", "1,800"] - one_shot["R26x0.25", "5,000", "1,800"]
+    assert f"+{gain:.1f} points 1-shot" in text
+    lag = one_shot["R14x0.25", "50,000", "1,800"] - one_shot["R26x0.25", "50,000", "1,800"]
+    assert f"trails R14x0.25 by {lag:.1f} points 1-shot" in text
+
+
 def test_03_quotes_its_defaults_as_recorded_in_bench():
     """Lesson 03's prose gains at its defaults are bench/README.md's transfer_defaults.py record."""
     bench = (NOTEBOOKS.parent / "bench" / "README.md").read_text()
