@@ -722,14 +722,21 @@ def test_02_reference_table_is_the_bench_record():
     row = re.compile(r"^\| R\d+x[\d.]+ \| .+ \|$", re.MULTILINE)
     rows = row.findall(record)
     lesson = "".join(c.source for c in _cells(NOTEBOOKS / "02_pretraining.ipynb"))
-    assert len(rows) == 8 and row.findall(lesson) == rows
-    cell = {tuple(c.strip() for c in r.strip("|").split("|")[:3]): r for r in rows}
-    one_shot = {k: float(r.strip("|").split("|")[4]) for k, r in cell.items()}
+    assert len(rows) == 12 and row.findall(lesson) == rows
+    cols = {tuple(c.strip() for c in r.strip("|").split("|")[:3]):
+            [float(c.split()[0]) for c in r.strip("|").split("|")[3:]] for r in rows}
+    up, one, ten = ({k: v[i] for k, v in cols.items()} for i in (0, 1, 3))
     text = " ".join(lesson.split())
-    gain = one_shot["R26x0.25", "50,000", "1,800"] - one_shot["R26x0.25", "5,000", "1,800"]
+    long_ = lambda m, n: (m, n, "1,800")  # noqa: E731
+    small, deep, wide = "R14x0.25", "R26x0.25", "R26x0.5"
+    gain = one[long_(deep, "50,000")] - one[long_(deep, "5,000")]
     assert f"+{gain:.1f} points 1-shot" in text
-    lag = one_shot["R14x0.25", "50,000", "1,800"] - one_shot["R26x0.25", "50,000", "1,800"]
+    lag = one[long_(small, "50,000")] - one[long_(deep, "50,000")]
     assert f"trails R14x0.25 by {lag:.1f} points 1-shot" in text
+    lead = [d[long_(wide, "50,000")] - d[long_(small, "50,000")] for d in (up, one, ten)]
+    assert "R26x0.5 leads R14x0.25 by +{:.1f} points upstream and +{:.1f} 1-shot, +{:.1f} " \
+           "10-shot".format(*lead) in text and min(lead) > 0
+    assert f"trails by {ten[long_(small, '5,000')] - ten[long_(wide, '5,000')]:.1f}" in text
 
 
 def test_03_quotes_its_defaults_as_recorded_in_bench():
