@@ -86,10 +86,10 @@ def _pool(total: Counter, jpeg: Counter, outcomes: dict, truth: list, seed: int,
     total.update(found=len(outcomes["found"]), missed=len(outcomes["missed"]),
                  look=len(outcomes["look_alikes"]), false=len(outcomes["false_positives"]))
     missed = {m["downstream_id"] for m in outcomes["missed"]}
-    position = {world.duplicates.test_position(p): p for p in range(world.duplicates.PLANTED)}
+    pair_at = world.duplicates.test_plants(world.duplicates.TEST_SIZE)  # test index -> pair
     for pair in truth:
         if pair.perturbation == "jpeg":
-            p = position[int(pair.downstream_id.rsplit(":", 1)[1])]
+            p = pair_at[int(pair.downstream_id.rsplit(":", 1)[1])]
             band = world.duplicates.perturbation(seed, p, host)["quality"] // 10 * 10
             jpeg[band, "copies"] += 1
             jpeg[band, "missed"] += pair.downstream_id in missed
