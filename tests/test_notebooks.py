@@ -752,6 +752,16 @@ def test_03_quotes_its_defaults_as_recorded_in_bench():
     assert (f"On digits, transfer minus scratch was {shared} points with this model and "
             f"{longer} with the longer one") in text
     assert f"(world-objects in that run: {gains['world-objects'][0].strip()}," in text
+    # the larger model's record (R26x0.5, transfer - scratch per task) and the lesson's quotes
+    larger = dict(re.findall(r"^\| ([\w-]+) \([^)]*\) \| [^|]+ \| [^|]+ \| ([^|]+) \|$",
+                             record.split("| task (group), R26x0.5 |", 1)[1], re.MULTILINE))
+    assert set(larger) == {"world-texture", "world-count", "digits"}
+    digits, count, texture = (larger[t].strip() for t in ("digits", "world-count", "world-texture"))
+    assert (f"against R26x0.5 from scratch, gave {digits} on digits, while it turned counting "
+            f"into a gain at every seed (+{count.lstrip('+')}) and texture into a tie ({texture})"
+            ) in text
+    assert all(float(g) > 0 for g in count.split(" / "))  # "a gain at every seed"
+    assert all(float(g) < 0 for g in digits.split(" / "))  # "does not turn digits either"
 
 
 def test_05_quotes_its_defaults_as_recorded_in_bench():
