@@ -17,7 +17,7 @@ import math
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -139,6 +139,24 @@ def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
         except json.JSONDecodeError:
             continue
     return records
+
+
+def replay(path: str | os.PathLike, observers: Sequence[Observer]) -> int:
+    """Send a finished run's recorded events (its ``metrics.jsonl``) to ``observers``, in order.
+
+    A cached run is not trained again, but a training monitor, a TensorBoard logger or any
+    other observer can still show its curves: they receive the same events ``fit`` sent while
+    it ran, with the recorded times. Asking such an event to stop does nothing (the run is
+    over). Returns the number of events sent (0 when nothing was recorded).
+    """
+    control = RunControl()  # the run is over: a stop request has nothing to stop
+    records = read_jsonl(path)
+    for record in records:
+        event = Event.from_dict(record)
+        event.control = control
+        for observer in observers:
+            observer(event)
+    return len(records)
 
 
 class ProgressBar:

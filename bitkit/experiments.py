@@ -24,14 +24,14 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
-from bitkit import __version__, data, hyperrule, weights
+from bitkit import __version__, data, events, hyperrule, weights
 from bitkit.data import world
 from bitkit.evaluate import Report, predict
 from bitkit.events import Event, Observer, RunControl
 from bitkit.fileio import atomic_write_text
 from bitkit.hyperrule import Recipe
 from bitkit.models import ResNetV2, create
-from bitkit.train import FitResult, TrainConfig, TrainingDiverged, fit
+from bitkit.train import METRICS_FILE, FitResult, TrainConfig, TrainingDiverged, fit
 
 FINAL_WEIGHTS = "model.safetensors"
 SETTINGS_FILE = "settings.json"
@@ -69,7 +69,9 @@ def pretrain(
 
     The upstream schedule of BiT-``variant`` (lr 0.03 x batch/256, warm-up, decays at 30/60/80
     of 90 epochs, weight decay 1e-4) compressed to ``steps``. The result is cached under
-    ``cache_dir`` by every setting that changes the weights; a second call loads it in a second.
+    ``cache_dir`` by every setting that changes the weights; a second call loads it in a second
+    and sends ``observers`` the events the run recorded (``events.replay``), so a training
+    monitor shows the curves of the run that built the cached model.
     ``base_lr`` replaces the rule's peak lr (0.03 x batch/256): that rule is tuned for 90 epochs,
     and a CPU-sized run of a few hundred steps at batch 64-128 learns little at 0.0075-0.015, so
     quick demonstrations and tests (``tests/test_world_transfer.py``) pass a larger one.
@@ -99,6 +101,8 @@ def pretrain(
         # The cached model is this upstream run itself, head included: lessons predict upstream
         # classes with it (02, 08) and finetune() replaces the head when it transfers.
         weights.load(net, final, keep_head=True)
+        # The run that built it recorded every event: a monitor shows its curves as if it ran.
+        events.replay(folder / METRICS_FILE, observers)
         return net
 
     recipe = hyperrule.upstream(size, variant=variant, batch_size=batch_size,

@@ -14,10 +14,11 @@ SMALL = dict(model="R14x0.25", size=2048, steps=12, batch_size=64, progress=Fals
 
 class Count:
     def __init__(self):
-        self.kinds = []
+        self.kinds, self.seen = [], []
 
     def __call__(self, event):
         self.kinds.append(event.kind)
+        self.seen.append((event.kind, event.step, event.metrics.get("loss"), event.time))
 
 
 def test_pretrain_is_cached_by_its_settings(tmp_path):
@@ -26,7 +27,9 @@ def test_pretrain_is_cached_by_its_settings(tmp_path):
     assert first.kinds.count("step") == 12 and first.kinds[-1] == "end"
     again = Count()
     b = experiments.pretrain(**SMALL, cache_dir=tmp_path, observers=[again])
-    assert again.kinds == []  # loaded from the cache: no training at all
+    # loaded from the cache, not trained: the observers get the recorded run's own events
+    # (same steps, losses and times), so a monitor shows the curves of the run that built it
+    assert again.seen == first.seen
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(),
                                                  strict=True))
     assert a.num_classes == 728
@@ -49,6 +52,25 @@ def test_a_stopped_pretraining_resumes_instead_of_restarting(tmp_path):
     experiments.pretrain(**SMALL, cache_dir=tmp_path, observers=[resumed])
     assert resumed.kinds.count("step") == 12 - 5
     assert (folder / experiments.FINAL_WEIGHTS).exists()
+    # the replay of the finished model tells the whole story: stopped at 5, resumed, done
+    replayed = Count()
+    experiments.pretrain(**SMALL, cache_dir=tmp_path, observers=[replayed])
+    assert [(k, st) for k, st, *_ in replayed.seen if k in ("start", "end")] == [
+        ("start", 0), ("end", 5), ("start", 5), ("end", 12)]
+    assert [st for k, st, *_ in replayed.seen if k == "step"] == list(range(1, 13))
+
+
+def test_a_replayed_event_cannot_stop_anything(tmp_path):
+    experiments.pretrain(**SMALL, cache_dir=tmp_path)
+
+    def stop_now(event):
+        event.request_stop("too late")  # a finished run: nothing to stop, and no error
+
+    recorded = next(tmp_path.iterdir()) / "metrics.jsonl"
+    assert [r["kind"] for r in events.read_jsonl(recorded)] == (
+        ["start"] + ["step"] * 12 + ["checkpoint", "end"])
+    assert events.replay(recorded, [stop_now]) == 15
+    assert events.replay(tmp_path / "missing.jsonl", [stop_now]) == 0
 
 
 def test_finetune_from_pretrained_and_from_scratch(tmp_path):

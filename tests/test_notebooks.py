@@ -6,6 +6,7 @@ sensible ranges and the comparisons the lesson claims. The lessons share their u
 others reuse it.
 """
 
+import json
 import re
 from pathlib import Path
 
@@ -14,6 +15,7 @@ import pytest
 from jupyter_client.kernelspec import KernelSpecManager
 
 from bitkit import runs
+from bitkit.data import world
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 LESSONS = sorted(NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"))
@@ -222,6 +224,19 @@ def test_00_quickstart(shared_cache, tmp_path):
         want = jsonl_losses(out / "runs" / arm / f"lr={m[arm + '_lr']:g}")
         assert values(loss["y"])[30 * i:30 * (i + 1)] == pytest.approx(list(want.values()),
                                                                         rel=1e-6)
+
+    # the upstream run's monitor holds its whole loss curve, live or replayed from the cache:
+    # the metrics.jsonl of the shared model the lesson used
+    (fig,) = figures(out, "pre-training R14x0.25 on 50,000 upstream images, 600 steps")
+    (folder,) = [d for d in shared_cache.glob("pretrained/R14x0.25-world-upstream-50000-*")
+                 if json.loads((d / "settings.json").read_text()) | {"bitkit": None} == {
+                     "model": "R14x0.25", "upstream": "world-upstream", "size": 50_000,
+                     "steps": 600, "batch_size": 128, "variant": "S", "seed": 0, "train": {},
+                     "bitkit": None, "world": world.VERSION, "base_lr": 0.1}]
+    loss = {t["name"]: t for t in fig["data"]}["train loss"]
+    want = jsonl_losses(folder)
+    assert values(loss["x"]) == list(want) == list(range(1, 601))
+    assert values(loss["y"]) == pytest.approx(list(want.values()), rel=1e-6)
 
     # every caption of the mistakes grid sits over its own image (plotly orders facet titles
     # bottom row first): the annotation above trace i's subplot names mistake i
@@ -492,11 +507,14 @@ def test_02_pretraining(shared_cache, tmp_path, monkeypatch):
                                                wd["0"]["conv_weight_norm"]], rel=1e-5)
     assert values(by["world-objects: linear 10-shot (%)"]["y"]) == pytest.approx(
         [wd["0.0001"]["linear"][k], wd["0"]["linear"][k]], abs=1e-4)
-    # the training monitors: one static figure per run trained here, its loss curve complete
+    # the training monitors: one static figure per run, its loss curve complete
     monitors = figures(out, "pre-training ")
-    # the grid, the rule-lr run, the 3x run, the run without weight decay; the solutions' wd
-    # 1e-3 and 1e-2 and the rule's lr on the small set (exercise 3's other run is cached)
-    assert len(monitors) == 2 * 2 + 3 + 3
+    # trained here: the grid, the rule-lr run, the 3x run, the run without weight decay; the
+    # solutions' wd 1e-3 and 1e-2 and the rule's lr on the small set. Exercise 3's rule-lr run
+    # on the large set is the lesson's, loaded from the cache: its monitor replays the record
+    assert len(monitors) == 2 * 2 + 3 + 3 + 1
+    assert sum(f["layout"]["title"]["text"].endswith(" (cached: its recorded run)")
+               for f in monitors) == 1
     for fig in monitors:
         steps = 300 if "300 steps" in fig["layout"]["title"]["text"] else 100
         loss = next(t for t in fig["data"] if t["name"] == "train loss")

@@ -7,6 +7,7 @@ Observers and plotly click handlers already propagate.
 
 from __future__ import annotations
 
+import base64
 import json
 import threading
 import time
@@ -18,11 +19,13 @@ import torch
 from ipywidgets.widgets.widget import CallbackDispatcher
 from torch.utils.data import Dataset, TensorDataset
 
+from bitkit import events
 from bitkit.dedup import DuplicateReport
 from bitkit.evaluate import report_from_logits
 from bitkit.hyperrule import Schedule
 from bitkit.linear_eval import FewShotResult
 from bitkit.models import create
+from bitkit.runs import PLOTLY_MIME
 from bitkit.train import TrainConfig, fit
 from widgets import (
     DuplicateInspector,
@@ -190,6 +193,18 @@ def test_training_monitor_follows_fit(tmp_path, one_thread, monkeypatch):
     assert shown and updated and updated[-1][0] == shown[0]
     html = updated[-1][1]["text/html"]
     assert "done" in html and "plotly" in html.lower() and "last train loss" in html
+    # the saved figure holds the same curves in 32-bit numbers (a notebook stays small)
+    spec = json.loads(html.split(f'<script type="{PLOTLY_MIME}">', 1)[1].split("</script>", 1)[0])
+    loss = spec["data"][0]
+    assert loss["name"] == "train loss" and loss["y"]["dtype"] == "f4"
+    assert np.frombuffer(base64.b64decode(loss["x"]["bdata"]), np.int32).tolist() == train_x
+    assert np.frombuffer(base64.b64decode(loss["y"]["bdata"]), np.float32).tolist() == \
+        pytest.approx(train_y, rel=1e-6)
+    # the same run replayed from its metrics.jsonl (a cached run): the monitor ends the same
+    again = TrainingMonitor(min_interval_s=0)
+    assert events.replay(tmp_path / "metrics.jsonl", [again]) > 10
+    assert again.series == monitor.series and again.checkpoints == monitor.checkpoints
+    assert again.reason == "done" and again.progress.value == 10 and again.stop_button.disabled
 
 
 def test_training_monitor_stop_button_stops_a_background_run(tmp_path, one_thread):

@@ -27,6 +27,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import ipywidgets as W
+import numpy as np
 import plotly.graph_objects as go
 from IPython.display import display, update_display
 from plotly.subplots import make_subplots
@@ -252,9 +253,12 @@ class TrainingMonitor(Panel):
             keep.append(len(xs) - 1)
         return [xs[i] for i in keep], [ys[i] for i in keep]
 
-    def _fill(self, fig: go.Figure) -> None:
+    def _fill(self, fig: go.Figure, *, compact: bool = False) -> None:
         for trace, (name, *_rest) in zip(fig.data, TRACES, strict=True):
-            trace.x, trace.y = self._thinned(name)
+            xs, ys = self._thinned(name)
+            if compact:  # a saved copy: 32-bit numbers draw the same curve in ~60% of the bytes
+                xs, ys = np.asarray(xs, dtype=np.int32), np.asarray(ys, dtype=np.float32)
+            trace.x, trace.y = xs, ys
             trace.visible = True if self.series[name][0] else "legendonly"
 
     def redraw(self) -> None:
@@ -297,7 +301,7 @@ class TrainingMonitor(Panel):
         fig = _new_figure()
         fig.update_layout(title=self.title)
         with self._lock:
-            self._fill(fig)
+            self._fill(fig, compact=True)
         body = table(["", ""], self.summary_rows())
         if self.step or self.reason:
             body += figure_html(fig)
