@@ -797,6 +797,14 @@ def test_05_quotes_its_defaults_as_recorded_in_bench():
             f"with its own 500 steps scored {own.pop()}, {rows[0][4].lstrip('+')} points behind "
             "the search at seed 0 and ahead at seeds 1 and 2") in text
     assert [float(r[4]) > 0 for r in rows] == [True, False, False]
+    # the per-task numbers at seed 0, rule with its own steps against the search
+    record = " ".join(bench.split("## Lesson 05 at its defaults", 1)[1].split("\n## ", 1)[0].split())
+    per_task = re.search(r"world-objects ([\d.]+) vs ([\d.]+), world-texture ([\d.]+) vs ([\d.]+), "
+                         r"world-count ([\d.]+) vs ([\d.]+):", record).groups()
+    assert ("natural task ({} against {}) and the specialised one ({} against {}) and trailed on "
+            "the structured one ({} against {})").format(*per_task) in text
+    lead = [float(f) - float(o) for o, f in zip(per_task[::2], per_task[1::2], strict=True)]
+    assert abs(lead[0]) < 1 and abs(lead[1]) < 1 and lead[2] > 5  # "tied ... trailed"
 
 
 def test_05_vtab_split_is_official_or_random(tmp_path):
