@@ -792,9 +792,10 @@ def test_05_quotes_its_defaults_as_recorded_in_bench():
     text = " ".join("".join(c.source for c in _cells(NOTEBOOKS / "05_vtab.ipynb")).split())
     compressed, own = {r[1] for r in rows}, {r[2] for r in rows}
     assert len(compressed) == len(own) == 1  # the rule does not depend on the search seed
+    compressed_rule, own_rule = compressed.pop(), own.pop()
     searches = " / ".join(r[3] for r in rows)
-    assert (f"the compressed rule scored {compressed.pop()} and the search {searches}; the rule "
-            f"with its own 500 steps scored {own.pop()}, {rows[0][4].lstrip('+')} points behind "
+    assert (f"the compressed rule scored {compressed_rule} and the search {searches}; the rule "
+            f"with its own 500 steps scored {own_rule}, {rows[0][4].lstrip('+')} points behind "
             "the search at seed 0 and ahead at seeds 1 and 2") in text
     assert [float(r[4]) > 0 for r in rows] == [True, False, False]
     # the per-task numbers at seed 0, rule with its own steps against the search
@@ -805,6 +806,15 @@ def test_05_quotes_its_defaults_as_recorded_in_bench():
             "the structured one ({} against {})").format(*per_task) in text
     lead = [float(f) - float(o) for o, f in zip(per_task[::2], per_task[1::2], strict=True)]
     assert abs(lead[0]) < 1 and abs(lead[1]) < 1 and lead[2] > 5  # "tied ... trailed"
+    # the rule alone at more of its schedule: the lesson quotes the record's means, which rise
+    curve = re.findall(r"^\| [\d.]+(?: \([\w ]+\))? \| (\d+) \| [\d.]+ \| [\d.]+ \| [\d.]+ \| ([\d.]+) \|$",
+                       bench.split("**How many steps the rule needs.**", 1)[1].split("\n\n**", 1)[0],
+                       re.MULTILINE)
+    steps, means = [int(n) for n, _ in curve], [float(v) for _, v in curve]
+    assert steps == [5, 50, 100, 150, 250, 500] and means == sorted(means)
+    assert means[0] == float(compressed_rule) and means[-1] == float(own_rule)
+    assert "scored {}, {}, {} and {} at 50, 100, 150 and 250 steps".format(
+        *(v for _, v in curve[1:5])) in text
 
 
 def test_05_vtab_split_is_official_or_random(tmp_path):
