@@ -205,6 +205,12 @@ def test_training_monitor_follows_fit(tmp_path, one_thread, monkeypatch):
     assert events.replay(tmp_path / "metrics.jsonl", [again]) > 10
     assert again.series == monitor.series and again.checkpoints == monitor.checkpoints
     assert again.reason == "done" and again.progress.value == 10 and again.stop_button.disabled
+    assert "no evaluation in this run" not in html  # this run evaluated at steps 5 and 10
+    quiet = TrainingMonitor()
+    quiet(events.Event("start", 0, 2))
+    quiet(events.Event("step", 1, 2, {"loss": 1.0, "lr": 0.1}))
+    quiet(events.Event("end", 1, 2, reason="done"))
+    assert "no evaluation in this run" in quiet.static_html()  # why its accuracy panel is empty
 
 
 def test_training_monitor_stop_button_stops_a_background_run(tmp_path, one_thread):

@@ -302,6 +302,11 @@ class TrainingMonitor(Panel):
         fig.update_layout(title=self.title)
         with self._lock:
             self._fill(fig, compact=True)
+            evaluated = any(self.series[name][0] for name in ("eval loss", "eval top-1"))
+        if not evaluated:  # say why the accuracy panel is empty (pre-training runs do not eval)
+            fig.add_annotation(text="no evaluation in this run", xref="x3 domain",
+                               yref="y3 domain", x=0.5, y=0.5, showarrow=False,
+                               font=dict(color="#888"))
         body = table(["", ""], self.summary_rows())
         if self.step or self.reason:
             body += figure_html(fig)
