@@ -9,7 +9,8 @@ several lengths (R14x0.25 on 50,000 world-upstream images at lr 0.1, batch 128: 
 over seeds and whether a longer upstream run changes them. Its record is in ``bench/README.md``.
 
     python bench/transfer_defaults.py --tasks digits world-texture --upstream-steps 600 1800
-    python bench/transfer_defaults.py --model R26x0.5 --upstream-steps 1800 --tasks digits world-texture world-count
+    python bench/transfer_defaults.py --model R26x0.5 --upstream-steps 1800 \
+        --tasks digits world-texture world-count
 """
 
 from __future__ import annotations
@@ -33,8 +34,8 @@ def main() -> None:
     p.add_argument("--upstream-steps", type=int, nargs="+", default=[600, 1800])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--model", default="R14x0.25",
-                   help="the architecture of every arm (lesson 02 also builds R26x0.25 and "
-                        "R26x0.5 at 1,800 steps)")
+                   help="the architecture of every arm (bench/pretraining_effects.py also "
+                        "builds R26x0.25 and R26x0.5 at 1,800 steps)")
     p.add_argument("--threads", type=int, default=2)
     a = p.parse_args()
     torch.set_num_threads(a.threads)
