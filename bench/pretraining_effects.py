@@ -27,7 +27,8 @@ TASK, SHOTS, FEWSHOT_SEEDS = "world-objects", (1, 5, 10), (0, 1, 2)
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("configs", nargs="+", help="MODEL:SIZE:STEPS, e.g. R14x0.25:50000:1800")
-    p.add_argument("--lr", type=float, default=0.1, help="peak lr (lesson 02's upstream_lr)")
+    p.add_argument("--lr", type=lambda v: None if v == "rule" else float(v), default=0.1,
+                   help="peak lr (lesson 02's upstream_lr); 'rule': BiT's 0.03 x batch/256")
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--seeds", default="0", help="upstream seeds, comma-separated")
     args = p.parse_args()
