@@ -24,10 +24,16 @@ from bitkit.evaluate import predict
 TASK, SHOTS, FEWSHOT_SEEDS = "world-objects", (1, 5, 10), (0, 1, 2)
 
 
+def peak_lr(text: str) -> float | None:
+    """``--lr``: a number, or ``rule`` for BiT's own 0.03 x batch/256 (argparse names this
+    function in its message when neither parses)."""
+    return None if text == "rule" else float(text)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("configs", nargs="+", help="MODEL:SIZE:STEPS, e.g. R14x0.25:50000:1800")
-    p.add_argument("--lr", type=lambda v: None if v == "rule" else float(v), default=0.1,
+    p.add_argument("--lr", type=peak_lr, default=0.1,
                    help="peak lr (lesson 02's upstream_lr); 'rule': BiT's 0.03 x batch/256")
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--seeds", default="0", help="upstream seeds, comma-separated")

@@ -24,10 +24,10 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
-from bitkit import __version__, data, events, hyperrule, weights
+from bitkit import __version__, data, hyperrule, weights
 from bitkit.data import world
 from bitkit.evaluate import Report, predict
-from bitkit.events import Event, Observer, RunControl
+from bitkit.events import Event, Observer, RunControl, replay
 from bitkit.fileio import atomic_write_text
 from bitkit.hyperrule import Recipe
 from bitkit.models import ResNetV2, create
@@ -102,7 +102,7 @@ def pretrain(
         # classes with it (02, 08) and finetune() replaces the head when it transfers.
         weights.load(net, final, keep_head=True)
         # The run that built it recorded every event: a monitor shows its curves as if it ran.
-        events.replay(folder / METRICS_FILE, observers)
+        replay(folder / METRICS_FILE, observers)
         return net
 
     recipe = hyperrule.upstream(size, variant=variant, batch_size=batch_size,
