@@ -172,7 +172,8 @@ def test_00_quickstart(shared_cache, tmp_path):
     QUICKSTART with seeds 0, 1, 2 (upstream model of seed 0): +13.3, +22.0, +34.7 (transfer
     75.7 / 77.3 / 82.3 %, scratch 62.3 / 55.3 / 47.7 %); asserted: gain > 5. At the lesson's
     defaults (100 images, 250 held-out, 100 steps, lrs 0.01/0.03/0.1, 1,000 test images):
-    +9.4, +10.8, +11.3 (``bench/transfer_defaults.py``, world version 5). With the rule's
+    +9.4, +10.8, +11.3 (``bench/transfer_defaults.py``, its 100-image table, world version 5).
+    With the rule's
     upstream lr (0.015) instead of the lesson's 0.1 the
     defaults gave +7.7, -1.0, +0.3 (lrs 0.003-0.1): a tie, which the lesson quotes.
     """
@@ -532,48 +533,58 @@ TEST02 = dict(models=["R14x0.25", "R26x0.25"], upstream_sizes=[512, 4096], upstr
 
 
 TRANSFER_TASKS = ["world-objects", "world-texture", "world-count", "digits"]
-TRANSFER = dict(tasks=TRANSFER_TASKS, train_size=100, val_size=100, steps=30, lrs=[0.01, 0.1],
-                test_size=300)
-# transfer - scratch must exceed these (points); None: not claimed at this budget (the lesson
-# shows the recorded reference run for that group instead)
-MARGINS03 = {"world-objects": 5, "world-texture": None, "world-count": None, "digits": None}
+# transfer - scratch must exceed these (points) at the lesson's defaults; digits: "a tie", so
+# |transfer - scratch| must stay below DIGITS_TIE (the lesson claims no gain there)
+MARGINS03 = {"world-objects": 4, "world-texture": 1.5, "world-count": 2.5}
+DIGITS_TIE = 4
+
+
+def _recorded_gains(bench, table_start):
+    """``{task: "600 - scratch" cell}`` of the transfer_defaults.py table whose header row starts
+    with ``table_start``, from bench/README.md."""
+    record = bench.split("## transfer_defaults.py", 1)[1].split("\n## ", 1)[0]
+    table = record.split(table_start, 1)[1].split("\n\n", 1)[0]
+    return {name: cols[3].strip() for name, *cols in re.findall(
+        r"^\| ([\w-]+) \([^)]*\) \| ([^|]+) \| ([^|]+) \| ([^|]+) \| ([^|]+) \| ([^|]+) \|$",
+        table, re.MULTILINE) if name != "task"}  # not the header row
 
 
 @pytest.mark.slow
 def test_03_transfer(shared_cache, tmp_path):
-    """Lesson 03 at TRANSFER, with its worked solutions.
+    """Lesson 03 at its defaults (VTAB-1k's 800 training / 200 held-out images per task, 100
+    steps, lrs 0.01/0.03/0.1, whole test splits), with its worked solutions.
 
     Claim: transfer beats scratch, each arm at the lr it chose on the same held-out training
-    images, in each VTAB-like group and on digits. Measured gains (test top-1 points, 300 test
-    images) at TRANSFER with fine-tuning seeds 0, 1, 2 (upstream model of seed 0):
+    images, in each VTAB-like group of the world; on the real digits the two tie. Measured gains
+    (test top-1 points) at these parameters, fine-tuning seeds 0, 1, 2 from the upstream model
+    of seed 0 (bench/README.md, ``transfer_defaults.py``, 2026-12-03, world version 5):
 
-        world-objects (natural)       +13.3  +22.0  +34.7
-        world-texture (specialized)    +0.7   +0.7   +2.3
-        world-count (structured)       -0.7  +11.3   +6.0
-        digits (real)                  +4.0  +17.7  -22.0
+        world-objects (natural)       +7.7   +5.4   +6.3   -> asserted > 4
+        world-texture (specialized)   +5.7   +2.7   +5.2   -> asserted > 1.5
+        world-count (structured)      +3.8  +10.5   +3.9   -> asserted > 2.5
+        digits (real)                 +0.2   +0.2   +1.2   -> a tie: asserted |gain| < 4
 
-    At the lesson's defaults (bench/README.md, ``transfer_defaults.py``, 2026-12-03: 100 images,
-    250 held-out, 100 steps, lrs 0.01/0.03/0.1, whole test splits), seeds 0, 1, 2: objects +9.4
-    +10.8 +11.3, texture -2.6 -8.0 -4.7, count -1.3 +0.9 +0.1, digits -0.6 +2.4 -4.4. Only
-    world-objects holds with a margin at this budget, so only it is asserted (gain > 5); for the
-    other groups the lesson shows the recorded bench/world_transfer.py reference run beside the
-    learner's and says to trust the reference, which is checked here against bench/README.md
-    (the defaults' record is checked against the lesson's prose by the test below).
+    (digits over seeds 0-9: -2.6 to +1.6, mean +0.1). The lesson's run is seed 0 of that record,
+    at the same parameters; the figure beside it shows the recorded seeds, checked here against
+    bench/README.md (the prose quotes are checked by the test below). Cheaper parameters were
+    measured and rejected: at test_size 300 with lrs 0.01/0.1 or 0.03/0.1 texture gave
+    -1.3 / 0.0 / +1.3 and -1.3 / 0.0 / +4.7 (its transfer arm prefers lr 0.03, and 300 test
+    images are noisier), no margin to assert.
     """
     out = tmp_path / "03_transfer"
-    m = run("03_transfer", tmp_path, solutions=True, **UPSTREAM, **TRANSFER)
+    m = run("03_transfer", tmp_path, solutions=True)  # the lesson's defaults
     assert list(m["tasks"]) == TRANSFER_TASKS and m["processes"] == 1
-    assert m["lrs"] == [0.01, 0.1] and m["val_size"] == 100
+    assert m["lrs"] == [0.01, 0.03, 0.1] and m["val_size"] == 200 and m["steps"] == 100
     groups = {"world-objects": "embedded-natural", "world-texture": "embedded-specialized",
               "world-count": "embedded-structured", "digits": "real-small"}
     for name, t in m["tasks"].items():
-        assert t["group"] == groups[name] and t["train_size"] == 100, name
-        assert t["transfer_lr"] in (0.01, 0.1) and t["scratch_lr"] in (0.01, 0.1), name
+        assert t["group"] == groups[name] and t["train_size"] == 800, name
+        assert t["transfer_lr"] in m["lrs"] and t["scratch_lr"] in m["lrs"], name
         assert t["transfer"] > t["chance"], name  # transfer learns every task
         assert t["paper BiT-L"] is None  # embedded and sklearn tasks: no paper number
         # the lesson's claim, per group, with margins measured over 3 seeds (docstring)
-        if MARGINS03[name] is not None:
-            assert t["transfer"] - t["scratch"] > MARGINS03[name], name
+        gain = t["transfer"] - t["scratch"]
+        assert (abs(gain) < DIGITS_TIE) if name == "digits" else (gain > MARGINS03[name]), name
     assert m["mean_transfer"] > m["mean_scratch"]
     # the chart's bars are the run's numbers, every task on its axis, side by side
     (fig,) = figures(out, "BiT-HyperRule transfer vs from scratch")
@@ -585,27 +596,26 @@ def test_03_transfer(shared_cache, tmp_path):
         assert list(series[name]) == TRANSFER_TASKS
         assert series[name] == pytest.approx({t: m["tasks"][t][key] for t in TRANSFER_TASKS},
                                              abs=1e-4)
-    # the reference run is bench/README.md's recorded R14x0.25 table (scratch and "large"
-    # columns), and its chart shows both runs' gains for the tasks in both
+    # the recorded seeds are bench/README.md's transfer_defaults.py record at these defaults, and
+    # the figure shows this run's gains (bars) beside them (dots)
     bench = (NOTEBOOKS.parent / "bench" / "README.md").read_text()
-    ref = m["reference"]
-    assert set(ref) == {"world-objects", "world-texture", "world-count"}
-    for name, r in ref.items():
-        row = re.search(rf"^\| {name} \([a-z]+\) \| ([\d.]+) \([\d.]+\) \| [\d.]+ \([\d.]+\) "
-                        rf"\| ([\d.]+) \(", bench, re.MULTILINE)
-        assert row and (float(row[1]), float(row[2])) == (r["scratch"], r["transfer"]), name
-        assert r["transfer"] > r["scratch"], name  # the claim per group, in the reference
+    rec = m["recorded"]
+    assert m["recorded_protocol"] is True  # the defaults are the recorded protocol
+    assert set(rec) == set(TRANSFER_TASKS)
+    recorded = _recorded_gains(bench, "| task (group) |")
+    for name in TRANSFER_TASKS:
+        assert " / ".join(f"{g:+.1f}" for g in rec[name]) == recorded[name], name
     (fig,) = figures(out, "Gain of transfer over scratch (each arm at its own lr)")
-    mine, theirs = fig["data"]
-    assert values(mine["x"]) == values(theirs["x"]) == list(ref)
+    mine, dots = fig["data"]
+    assert mine["type"] == "bar" and values(mine["x"]) == TRANSFER_TASKS
     assert values(mine["y"]) == pytest.approx(
-        [m["tasks"][t]["transfer"] - m["tasks"][t]["scratch"] for t in ref], abs=1e-4)
-    assert values(theirs["y"]) == pytest.approx(
-        [ref[t]["transfer"] - ref[t]["scratch"] for t in ref], abs=1e-9)
+        [m["tasks"][t]["transfer"] - m["tasks"][t]["scratch"] for t in TRANSFER_TASKS], abs=1e-4)
+    assert values(dots["x"]) == [t for t in TRANSFER_TASKS for _ in range(3)]
+    assert values(dots["y"]) == pytest.approx([g for t in TRANSFER_TASKS for g in rec[t]])
     # the HyperRulePanel's static view: the rule for the first task at this run's size
     (fig,) = figures(out, "Learning rate: ")
     panel = m["hyperrule_panel"]
-    assert panel == {"task": "world-objects", "train_size": 100, "steps": 500, "crop": 128,
+    assert panel == {"task": "world-objects", "train_size": 800, "steps": 500, "crop": 128,
                      "mixup": 0.0}
     assert fig["layout"]["title"]["text"].startswith("Learning rate: ")
     assert "500 steps" in fig["layout"]["title"]["text"]
@@ -617,10 +627,20 @@ def test_03_transfer(shared_cache, tmp_path):
     assert key["In your run, which task gained most from transfer?"] == max(gains, key=gains.get)
     # the worked solutions ran in the lesson's kernel
     ex = m["exercises"]
-    assert ex["longer"]["task"] == "world-objects" and ex["longer"]["steps"] == 150
+    assert ex["longer"]["task"] == "world-objects" and ex["longer"]["steps"] == 500
     assert 0 <= ex["longer"]["transfer"] <= 100 and 0 <= ex["longer"]["scratch"] <= 100
     assert ex["orientation"]["flip_card"] is False and ex["orientation"]["flip_forced"] is True
     assert ex["groupnorm_relative_difference"] < 1e-4  # 2 x 32 is the update of 1 x 64
+    few = ex["fewer"]
+    assert few["task"] == "world-texture" and few["train_size"] == 100
+    assert 0 <= few["transfer"] <= 100 and 0 <= few["scratch"] <= 100
+    # a parameter other than the record's is named beside the recorded seeds
+    m = run("03_transfer", tmp_path / "short", tasks=["digits"], train_size=100, val_size=50,
+            steps=5, lrs=[0.1], test_size=50)
+    assert m["recorded_protocol"] is False
+    (executed,) = (tmp_path / "short" / "03_transfer").glob("*.ipynb")
+    assert "Not the recorded protocol: your run differs in train_size=100 (recorded 800)" in \
+        executed.read_text()
 
 
 @pytest.mark.slow
@@ -758,29 +778,35 @@ def test_02_reference_table_is_the_bench_record():
 
 
 def test_03_quotes_its_defaults_as_recorded_in_bench():
-    """Lesson 03's prose gains at its defaults are bench/README.md's transfer_defaults.py record."""
+    """Lesson 03's prose gains are bench/README.md's transfer_defaults.py records: its defaults
+    (800 images), lesson 02's longer model at those defaults, and the earlier 100 images."""
     bench = (NOTEBOOKS.parent / "bench" / "README.md").read_text()
-    record = bench.split("## transfer_defaults.py", 1)[1].split("\n## ", 1)[0]
-    gains = {name: (cols[3], cols[4]) for name, *cols in re.findall(
-        r"^\| ([\w-]+) \([^)]*\) \| ([^|]+) \| ([^|]+) \| ([^|]+) \| ([^|]+) \| ([^|]+) \|$",
-        record, re.MULTILINE) if name != "task"}  # the header row
-    assert set(gains) == {"world-objects", "world-texture", "world-count", "digits"}
+    at_800 = _recorded_gains(bench, "| task (group) |")
+    at_100 = _recorded_gains(bench, "| task (group), 100 images |")
+    assert set(at_800) == set(at_100) == set(TRANSFER_TASKS)
     text = " ".join("".join(c.source for c in _cells(NOTEBOOKS / "03_transfer.ipynb")).split())
-    shared, longer = (g.strip() for g in gains["digits"])
-    assert (f"On digits, transfer minus scratch was {shared} points with this model and "
-            f"{longer} with the longer one") in text
-    assert f"(world-objects in that run: {gains['world-objects'][0].strip()}," in text
-    # the larger model's record (R26x0.5, transfer - scratch per task) and the lesson's quotes
-    larger = dict(re.findall(r"^\| ([\w-]+) \([^)]*\) \| [^|]+ \| [^|]+ \| ([^|]+) \|$",
-                             record.split("| task (group), R26x0.5 |", 1)[1], re.MULTILINE))
-    assert set(larger) == {"world-texture", "world-count", "digits"}
-    digits, count, texture = (larger[t].strip() for t in ("digits", "world-count", "world-texture"))
-    assert (f"against R26x0.5 from scratch, gave {digits} on digits, while its counting was "
-            f"positive at every seed (+{count.lstrip('+')}) and texture within a point of zero "
-            f"({texture})") in text
-    assert all(float(g) > 0 for g in count.split(" / "))  # "positive at every seed"
-    assert all(abs(float(g)) <= 1 for g in texture.split(" / "))  # "within a point of zero"
-    assert all(float(g) < 0 for g in digits.split(" / "))  # "negative at every seed"
+    assert (f"world-objects {at_800['world-objects']} points, world-texture "
+            f"{at_800['world-texture']}, world-count {at_800['world-count']}. On digits it was "
+            f"ahead by {at_800['digits']}") in text
+    for name in ("world-objects", "world-texture", "world-count"):  # "at every recorded seed"
+        assert all(float(g) > 0 for g in at_800[name].split(" / ")), name
+    assert (f"texture {at_100['world-texture']}, counting {at_100['world-count']}, digits "
+            f"{at_100['digits']}") in text
+    # the longer model's column at the defaults: the ranges and the digits seeds the lesson quotes
+    record = bench.split("## transfer_defaults.py", 1)[1].split("### ", 1)[0]
+    longer = {name: [float(g) for g in cols[4].split(" / ")] for name, *cols in re.findall(
+        r"^\| ([\w-]+) \([^)]*\) \| ([^|]+) \| ([^|]+) \| ([^|]+) \| ([^|]+) \| ([^|]+) \|$",
+        record, re.MULTILINE) if name != "task"}
+    for name, label in (("world-objects", "objects"), ("world-count", "counting")):
+        lo, hi = min(longer[name]), max(longer[name])
+        assert f"{label} (+{lo:.1f} to +{hi:.1f})" in text, name
+    assert "digits stayed a tie (" + " / ".join(f"{g:+.1f}" for g in longer["digits"]) + ")" in text
+    # "over ten seeds the gain averaged +0.1": the ten-seed digits line of the record
+    ten = re.search(r"the gains were ([-+\d. /\n]+),\s+mean ([-+\d.]+)", record)
+    gains = [float(g) for g in " ".join(ten[1].split()).split(" / ")]
+    assert len(gains) == 10 and f"{sum(gains) / 10:+.1f}" == ten[2].rstrip(".,") == "+0.1"
+    assert "over ten seeds the gain averaged +0.1" in text
+    assert sum(g < -2 for g in gains) == 2 and "two seeds behind by more than 2 points" in text
 
 
 def test_05_quotes_its_defaults_as_recorded_in_bench():
@@ -950,13 +976,14 @@ def test_06_error_browser(shared_cache, tmp_path):
 
     The claim: the model's most confident mistakes are enriched in planted label errors, and
     its highest-loss mistakes more so. Measured over seeds 0, 1, 2 (the lesson's ``seed``: upstream
-    model and fine-tuning) on 2026-12-02, share of planted errors among the 20 top mistakes:
-    top-1 74.5 / 68.9 / 75.3%; base rate (among all mistakes) 0.208 / 0.170 / 0.223; most
-    confident first 0.40 / 0.40 / 0.60 (1.92x / 2.35x / 2.69x the base rate, +0.19 / +0.23 /
-    +0.38); highest loss first 0.85 / 0.80 / 0.85 (4.09x / 4.69x / 3.82x, +0.64 / +0.63 /
-    +0.63; loss - confidence +0.45 / +0.40 / +0.25); true-label minus given-label top-1
-    +4.0 / +3.6 / +4.2 points. Margins: confidence >= 1.5x and >= base + 0.10, loss >= 3x and
-    >= base + 0.40, loss >= confidence + 0.10, true-label top-1 >= given + 2 points.
+    model and fine-tuning) on 2026-12-03 with today's upstream models (a 2026-12-02 record came
+    from an earlier build), share of planted errors among the 20 top mistakes: top-1
+    74.7 / 70.7 / 75.2%; base rate (among all mistakes) 0.209 / 0.181 / 0.218; most confident
+    first 0.45 / 0.50 / 0.70 (2.15x / 2.76x / 3.21x the base rate, +0.24 / +0.32 / +0.48);
+    highest loss first 0.90 / 0.80 / 0.80 (4.30x / 4.42x / 3.67x, +0.69 / +0.62 / +0.58; loss -
+    confidence +0.45 / +0.30 / +0.10); true-label minus given-label top-1 +4.0 / +3.6 / +4.0
+    points. Margins: confidence >= 1.5x and >= base + 0.10, loss >= 3x and >= base + 0.40, loss
+    >= confidence (its lowest lead is 2 of 20 mistakes), true-label top-1 >= given + 2 points.
     Cost: the fine-tuning takes about 21 CPU-seconds, the whole run about 40 (168 s wall with
     the machine at load 20).
     """
@@ -980,7 +1007,7 @@ def test_06_error_browser(shared_cache, tmp_path):
     base, conf, loss = m["base_rate"], m["share_confident"], m["share_loss"]
     assert conf >= 1.5 * base and conf >= base + 0.10
     assert loss >= 3 * base and loss >= base + 0.40
-    assert loss >= conf + 0.10
+    assert loss >= conf
     assert m["true_top1"] >= m["top1"] + 2  # label errors hide part of what the model gets right
     # the simulated reviewer, scored by the panel, agrees with the lesson's own count
     for key, share in (("confidence", conf), ("loss", loss)):
